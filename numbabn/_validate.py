@@ -1,0 +1,81 @@
+"""Argument checks shared by the layer and the functional API.
+
+Every message names the argument and shows what was received, in the form
+"`name` must be ... Received: name=value".
+"""
+import numbers
+
+import numpy as np
+
+from . import _dispatch
+
+
+def received(name, value):
+    return f"Received: {name}={value!r}"
+
+
+def as_input_array(x, name="inputs"):
+    """Return ``(array, device)``: a NumPy array (array-likes are converted) or a CUDA array.
+
+    Rejects complex, boolean, object, string and other non-numeric data with a ``TypeError``.
+    """
+    device = _dispatch.device_of(x)
+    if device is None:
+        if isinstance(x, (str, bytes)) or x is None:
+            raise TypeError(f"`{name}` must be a numeric array. {received(name, x)}")
+        try:
+            x = np.asarray(x)
+        except Exception as err:  # ragged lists and the like
+            raise TypeError(f"`{name}` must be a numeric array. {received(name, x)}") from err
+        device = _dispatch.CPU
+    dtype = np.dtype(x.dtype)
+    if dtype.kind not in "fiu":
+        raise TypeError(
+            f"`{name}` must hold real numbers (float or integer); got an array of dtype {dtype}. "
+            f"Received: {name} with dtype={dtype.name}")
+    return x, device
+
+
+def resolve_axes(axis, ndim, name="axis"):
+    """Normalize ``axis`` (int or list/tuple of ints, negatives allowed) to a sorted tuple."""
+    axes = check_axis_type(axis, name)
+    if ndim == 0:
+        raise ValueError(
+            f"Input has undefined rank: a scalar cannot be normalized. Received: input rank=0")
+    resolved = []
+    for a in axes:
+        r = a + ndim if a < 0 else a
+        if not 0 <= r < ndim:
+            raise ValueError(
+                f"Invalid value for `{name}` argument. Expected 0 <= axis < inputs.rank "
+                f"(with inputs.rank={ndim}). Received: {name}={axis!r}")
+        resolved.append(r)
+    if len(set(resolved)) != len(resolved):
+        raise ValueError(f"Duplicate axis: {tuple(resolved)}. Received: {name}={axis!r}")
+    return tuple(sorted(resolved))
+
+
+def check_axis_type(axis, name="axis"):
+    """``axis`` as a tuple of Python ints; ``TypeError`` unless an int or a list/tuple of ints."""
+    def is_int(a):
+        return isinstance(a, numbers.Integral) and not isinstance(a, (bool, np.bool_))
+    if is_int(axis):
+        return (int(axis),)
+    if isinstance(axis, (list, tuple)) and axis and all(is_int(a) for a in axis):
+        return tuple(int(a) for a in axis)
+    raise TypeError(
+        f"Expected an int or a non-empty list/tuple of ints for the argument '{name}', "
+        f"but received: {axis!r}")
+
+
+def check_float(value, name):
+    """A finite-or-not real number as a Python float (bools are refused)."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+        raise TypeError(f"`{name}` must be a number. {received(name, value)}")
+    return float(value)
+
+
+def check_bool(value, name):
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"`{name}` must be a boolean. {received(name, value)}")
+    return bool(value)

@@ -1,0 +1,249 @@
+"""Numba CPU kernels for batch normalization.
+
+Every kernel works on one of two canonical views of the input (see ``numbabn/_layout.py``):
+
+    rows   x[R, C]      channels last (NC, NHWC, NDHWC): one row holds every feature
+    planes x[R, C, I]   channels first (NCHW, ...): each (row, feature) owns I contiguous values
+
+``R`` rows are ``N`` samples of ``P`` consecutive rows each; sample ``n`` belongs to ghost group
+``n % G`` (``G == 1`` without ghost batching, and then ``N == 1``, ``P == R``). Per-group results
+have shape ``(G, C)``.
+
+Reductions are split into fixed work units (a block of rows of one sample, or a chunk of one
+plane), each unit writes its own row of a partials buffer, and a second kernel merges the units
+of each group in a fixed order. The blocking depends on the shape only, so the result is bitwise
+the same whatever the thread count, and no two threads ever write the same accumulator.
+
+Statistics accumulate in float64 with a per-unit shift (the unit's first value), so that
+``sum(d^2) - sum(d)^2 / n`` does not cancel when |mean| >> std; units are merged with Chan's
+pairwise formula for (count, mean, M2).
+
+Kernels take arrays and scalars only: no type checks, no allocation policy (the caller owns every
+output and scratch buffer), no validation.
+"""
+import numpy as np
+from numba import njit, prange
+
+# Vectorizing a float reduction needs reassociation; nnan/ninf stay off so NaN propagates.
+_FASTMATH = {"reassoc", "contract", "arcp", "nsz"}
+_PAR = dict(parallel=True, cache=True, nogil=True, fastmath=_FASTMATH)
+_SEQ = dict(cache=True, nogil=True)
+
+
+# ------------------------------------------------------------------------------------------------
+# moments: per-unit shifted sums, then a Chan merge per group
+
+
+@njit(**_PAR)
+def unit_moments_rows(x, rows_per_sample, block, u_mean, u_m2):
+    """Per-unit mean and M2 of ``x[R, C]``; unit = up to ``block`` rows of one sample."""
+    R, C = x.shape
+    per_sample = (rows_per_sample + block - 1) // block
+    units = (R // rows_per_sample) * per_sample
+    for u in prange(units):
+        n = u // per_sample
+        r0 = n * rows_per_sample + (u - n * per_sample) * block
+        r1 = min(r0 + block, (n + 1) * rows_per_sample)
+        s1 = u_mean[u]
+        s2 = u_m2[u]
+        s1[:] = 0.0
+        s2[:] = 0.0
+        for r in range(r0, r1):
+            for c in range(C):
+                d = np.float64(x[r, c]) - np.float64(x[r0, c])
+                s1[c] += d
+                s2[c] += d * d
+        inv_count = 1.0 / (r1 - r0)
+        for c in range(C):
+            mean_d = s1[c] * inv_count
+            s2[c] = s2[c] - s1[c] * mean_d
+            s1[c] = np.float64(x[r0, c]) + mean_d
+
+
+@njit(**_PAR)
+def unit_moments_planes(x, chunk, u_mean, u_m2):
+    """Per-unit mean and M2 of ``x[R, C, I]``; unit = up to ``chunk`` values of one plane.
+
+    Partials are stored at ``[r * chunks + k, c]`` so that units of one sample stay adjacent.
+    """
+    R, C, I = x.shape
+    chunks = (I + chunk - 1) // chunk
+    for t in prange(R * C * chunks):
+        r = t // (C * chunks)
+        rem = t - r * C * chunks
+        c = rem // chunks
+        k = rem - c * chunks
+        i0 = k * chunk
+        i1 = min(i0 + chunk, I)
+        shift = np.float64(x[r, c, i0])
+        s1 = 0.0
+        s2 = 0.0
+        for i in range(i0, i1):
+            d = np.float64(x[r, c, i]) - shift
+            s1 += d
+            s2 += d * d
+        mean_d = s1 / (i1 - i0)
+        u_mean[r * chunks + k, c] = shift + mean_d
+        u_m2[r * chunks + k, c] = s2 - s1 * mean_d
+
+
+@njit(**_PAR)
+def merge_moments(u_mean, u_m2, u_count, units_per_sample, groups, mean, m2):
+    """Chan-merge the units of each group in sample order: ``mean[G, C]``, ``m2[G, C]``."""
+    U, C = u_mean.shape
+    samples = U // units_per_sample
+    for g in prange(groups):
+        acc_mean = mean[g]
+        acc_m2 = m2[g]
+        acc_mean[:] = 0.0
+        acc_m2[:] = 0.0
+        n_a = 0.0
+        for s in range(g, samples, groups):
+            for u in range(s * units_per_sample, (s + 1) * units_per_sample):
+                n_b = u_count[u]
+                n_ab = n_a + n_b
+                w = n_b / n_ab
+                cross = n_a * w
+                for c in range(C):
+                    delta = u_mean[u, c] - acc_mean[c]
+                    acc_mean[c] += delta * w
+                    acc_m2[c] += u_m2[u, c] + delta * delta * cross
+                n_a = n_ab
+
+
+# ------------------------------------------------------------------------------------------------
+# elementwise: y = (x - m) * a + b, per (group, feature)
+
+
+@njit(**_PAR)
+def affine_rows(x, rows_per_sample, groups, block, m, a, b, y):
+    """``y[r, c] = (x[r, c] - m[g, c]) * a[g, c] + b[g, c]`` with ``g`` the row's group."""
+    R, C = x.shape
+    for t in prange((R + block - 1) // block):
+        for r in range(t * block, min((t + 1) * block, R)):
+            g = (r // rows_per_sample) % groups
+            for c in range(C):
+                y[r, c] = (x[r, c] - m[g, c]) * a[g, c] + b[g, c]
+
+
+@njit(**_PAR)
+def affine_planes(x, rows_per_sample, groups, chunk, m, a, b, y):
+    """``y[r, c, i] = (x[r, c, i] - m[g, c]) * a[g, c] + b[g, c]`` with ``g`` the row's group."""
+    R, C, I = x.shape
+    chunks = (I + chunk - 1) // chunk
+    for t in prange(R * C * chunks):
+        r = t // (C * chunks)
+        rem = t - r * C * chunks
+        c = rem // chunks
+        k = rem - c * chunks
+        g = (r // rows_per_sample) % groups
+        mm = m[g, c]
+        aa = a[g, c]
+        bb = b[g, c]
+        for i in range(k * chunk, min((k + 1) * chunk, I)):
+            y[r, c, i] = (x[r, c, i] - mm) * aa + bb
+
+
+# ------------------------------------------------------------------------------------------------
+# backward: per-unit sums of dy and dy * (x - mean), merged per group; then dx elementwise
+
+
+@njit(**_PAR)
+def unit_grad_sums_rows(x, dy, rows_per_sample, groups, block, mean, u_dy, u_dyxc):
+    """Per-unit ``sum(dy)`` and ``sum(dy * (x - mean[g]))`` over row blocks of ``x[R, C]``."""
+    R, C = x.shape
+    per_sample = (rows_per_sample + block - 1) // block
+    units = (R // rows_per_sample) * per_sample
+    for u in prange(units):
+        n = u // per_sample
+        g = n % groups
+        r0 = n * rows_per_sample + (u - n * per_sample) * block
+        r1 = min(r0 + block, (n + 1) * rows_per_sample)
+        s1 = u_dy[u]
+        s2 = u_dyxc[u]
+        s1[:] = 0.0
+        s2[:] = 0.0
+        for r in range(r0, r1):
+            for c in range(C):
+                g_ = np.float64(dy[r, c])
+                s1[c] += g_
+                s2[c] += g_ * (np.float64(x[r, c]) - mean[g, c])
+
+
+@njit(**_PAR)
+def unit_grad_sums_planes(x, dy, rows_per_sample, groups, chunk, mean, u_dy, u_dyxc):
+    """Per-unit ``sum(dy)`` and ``sum(dy * (x - mean[g]))`` over plane chunks of ``x[R, C, I]``."""
+    R, C, I = x.shape
+    chunks = (I + chunk - 1) // chunk
+    for t in prange(R * C * chunks):
+        r = t // (C * chunks)
+        rem = t - r * C * chunks
+        c = rem // chunks
+        k = rem - c * chunks
+        mm = mean[(r // rows_per_sample) % groups, c]
+        s1 = 0.0
+        s2 = 0.0
+        for i in range(k * chunk, min((k + 1) * chunk, I)):
+            g_ = np.float64(dy[r, c, i])
+            s1 += g_
+            s2 += g_ * (np.float64(x[r, c, i]) - mm)
+        u_dy[r * chunks + k, c] = s1
+        u_dyxc[r * chunks + k, c] = s2
+
+
+@njit(**_PAR)
+def merge_sums(u_a, u_b, units_per_sample, groups, a, b):
+    """Sum the units of each group in sample order: ``a[G, C]``, ``b[G, C]``."""
+    U, C = u_a.shape
+    samples = U // units_per_sample
+    for g in prange(groups):
+        acc_a = a[g]
+        acc_b = b[g]
+        acc_a[:] = 0.0
+        acc_b[:] = 0.0
+        for s in range(g, samples, groups):
+            for u in range(s * units_per_sample, (s + 1) * units_per_sample):
+                for c in range(C):
+                    acc_a[c] += u_a[u, c]
+                    acc_b[c] += u_b[u, c]
+
+
+@njit(**_PAR)
+def grad_input_rows(x, dy, rows_per_sample, groups, block, m, k_dy, k_xc, k_0, dx):
+    """``dx = k_dy * dy + k_xc * (x - m) + k_0``, coefficients per (group, feature)."""
+    R, C = x.shape
+    for t in prange((R + block - 1) // block):
+        for r in range(t * block, min((t + 1) * block, R)):
+            g = (r // rows_per_sample) % groups
+            for c in range(C):
+                dx[r, c] = k_dy[g, c] * dy[r, c] + k_xc[g, c] * (x[r, c] - m[g, c]) + k_0[g, c]
+
+
+@njit(**_PAR)
+def grad_input_planes(x, dy, rows_per_sample, groups, chunk, m, k_dy, k_xc, k_0, dx):
+    """``dx = k_dy * dy + k_xc * (x - m) + k_0`` on planes, coefficients per (group, feature)."""
+    R, C, I = x.shape
+    chunks = (I + chunk - 1) // chunk
+    for t in prange(R * C * chunks):
+        r = t // (C * chunks)
+        rem = t - r * C * chunks
+        c = rem // chunks
+        k = rem - c * chunks
+        g = (r // rows_per_sample) % groups
+        mm = m[g, c]
+        c1 = k_dy[g, c]
+        c2 = k_xc[g, c]
+        c3 = k_0[g, c]
+        for i in range(k * chunk, min((k + 1) * chunk, I)):
+            dx[r, c, i] = c1 * dy[r, c, i] + c2 * (x[r, c, i] - mm) + c3
+
+
+# ------------------------------------------------------------------------------------------------
+# moving statistics: O(C) work, sequential
+
+
+@njit(**_SEQ)
+def moving_average(moving, batch_stat, decay):
+    """In place: ``moving -= (moving - batch_stat) * decay``, in the dtype of ``moving``."""
+    for c in range(moving.shape[0]):
+        moving[c] -= (moving[c] - batch_stat[c]) * decay

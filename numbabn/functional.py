@@ -1,0 +1,321 @@
+"""Stateless batch normalization ops over the engines.
+
+These functions hold no state and know nothing about moving statistics policy: they are what
+:class:`numbabn.BatchNormalization` is built from, and what a training loop that keeps its own
+state can call directly.
+
+Conventions (see ``docs/numerics.md``):
+
+* statistics are the mean and the **biased** variance, accumulated in float64;
+* per-feature arrays have the shape ``feature_shape = tuple(x.shape[a] for a in axes)``, e.g.
+  ``(C,)`` for ``axis=-1``; under ghost batching group statistics gain a leading ``G`` axis;
+* outputs and input gradients have the input's (floating) dtype; float16 input is computed in
+  float32 and returned as float16.
+
+Example
+-------
+>>> import numpy as np
+>>> from numbabn import functional as F
+>>> x = np.random.default_rng(0).normal(3.0, 2.0, size=(128, 4)).astype(np.float32)
+>>> y, cache = F.batch_norm_train(x, gamma=np.ones(4), beta=np.zeros(4), epsilon=1e-3)
+>>> bool(np.allclose(y.mean(axis=0), 0.0, atol=1e-5))
+True
+>>> dx, dgamma, dbeta = F.batch_norm_backward(np.ones_like(y), cache)
+>>> bool(np.allclose(dx, 0.0, atol=1e-5))
+True
+"""
+import numpy as np
+
+from . import _dispatch, _validate
+from ._layout import Layout
+
+__all__ = ["moments", "batch_norm_train", "batch_norm_infer", "batch_norm_backward",
+           "moving_average", "BatchNormCache"]
+
+
+class BatchNormCache:
+    """What :func:`batch_norm_backward` needs from a forward call.
+
+    Attributes
+    ----------
+    mean, variance : ndarray
+        The statistics the forward pass normalized with (float64, ``feature_shape``, or
+        ``(G,) + feature_shape`` under ghost batching). In inference these are the moving
+        statistics that were passed in.
+    count : int
+        Elements averaged into each statistic.
+    training : bool
+        Whether the gradient flows through the batch statistics.
+    """
+
+    def __init__(self, *, x, layout, device, training, mean, inv_std, scale, adj_scale, adj_bias,
+                 r, d, epsilon, dtype):
+        self.x, self.layout, self.device, self.training = x, layout, device, training
+        self._mean, self._inv_std = mean, inv_std
+        self._scale, self._adj_scale, self._adj_bias, self._r, self._d = (
+            scale, adj_scale, adj_bias, r, d)
+        self.epsilon, self.dtype = epsilon, dtype
+        self.feature_shape = tuple(layout.shape[a] for a in layout.axes)
+
+    def _per_feature(self, a):
+        ghost = self.training and self.layout.ghost
+        shape = (a.shape[0],) + self.feature_shape if ghost else self.feature_shape
+        return a.reshape(shape)
+
+    @property
+    def mean(self):
+        return self._per_feature(self._mean)
+
+    @property
+    def variance(self):
+        return self._per_feature(1.0 / self._inv_std ** 2 - self.epsilon)
+
+    @property
+    def count(self):
+        return self.layout.count
+
+
+def _prepare(x, axis, virtual_batch_size=None):
+    """Validate ``x`` and ``axis``; return the compute-dtype input, its layout and device."""
+    x, device = _validate.as_input_array(x, "x")
+    axes = _validate.resolve_axes(axis, x.ndim)
+    x = as_compute(x)
+    if virtual_batch_size is not None:
+        _check_virtual_batch(virtual_batch_size, axes, x.shape)
+    return x, Layout(x.shape, axes, virtual_batch_size), device
+
+
+def as_compute(x):
+    """Input cast to the dtype the kernels compute in: float64 stays, everything else float32."""
+    dtype = np.float64 if x.dtype == np.float64 else np.float32
+    return x if x.dtype == dtype else x.astype(dtype)
+
+
+def _check_virtual_batch(vbs, axes, shape):
+    if 0 in axes:
+        raise ValueError(
+            "When using `virtual_batch_size`, the batch dimension must be 0 and thus axis "
+            f"cannot include 0. Received axis={list(axes)}")
+    if not shape or shape[0] == 0 or shape[0] % vbs:
+        raise ValueError(
+            "`virtual_batch_size` must be a positive integer that divides the true batch size of "
+            f"the input. Received: virtual_batch_size={vbs} for a batch of "
+            f"{shape[0] if shape else 0}")
+
+
+def _per_feature_vector(value, channels, name, default):
+    """A per-feature argument as a flat float64 ``(C,)`` vector (``default`` when ``None``)."""
+    if value is None:
+        return np.full(channels, default)
+    v = np.asarray(value, dtype=np.float64)
+    if v.size == 1:
+        return np.full(channels, float(v.reshape(())))
+    if v.size != channels:
+        raise ValueError(
+            f"`{name}` must have one value per feature ({channels}). "
+            f"Received: {name} with shape {v.shape}")
+    return v.reshape(-1)
+
+
+def moments(x, axis=-1, virtual_batch_size=None):
+    """Per-feature mean and biased variance.
+
+    Parameters
+    ----------
+    x : array
+        Input of any rank (NumPy array, or an array-like).
+    axis : int or list of int
+        Feature axes; every other axis is reduced.
+    virtual_batch_size : int, optional
+        Compute one set of statistics per ghost batch (samples ``j, j+G, ...``).
+
+    Returns
+    -------
+    mean, variance : ndarray
+        float64 arrays of shape ``feature_shape`` (``(G,) + feature_shape`` with ghost batches).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from numbabn.functional import moments
+    >>> mean, var = moments(np.array([[1.0, 2.0], [3.0, 6.0]]), axis=-1)
+    >>> mean.tolist(), var.tolist()
+    ([2.0, 4.0], [1.0, 4.0])
+    """
+    x, layout, device = _prepare(x, axis, virtual_batch_size)
+    eng = _dispatch.engine(device)
+    mean, var = eng.moments(layout.canonical(x), layout.rows_per_sample, layout.groups)
+    fshape = tuple(x.shape[a] for a in layout.axes)
+    shape = fshape if virtual_batch_size is None else (layout.groups,) + fshape
+    return mean.reshape(shape), var.reshape(shape)
+
+
+def normalize_batch(xc, layout, device, mean, var, epsilon, gamma=None, beta=None, r=None, d=None,
+                    adj_scale=None, adj_bias=None):
+    """Training normalization of a canonical compute-dtype ``xc`` with given group statistics.
+
+    ``y = gamma * (adj_scale * (r * xhat + d) + adj_bias) + beta`` where ``xhat`` uses
+    ``mean``/``var`` (float64, ``(G, C)``) and every per-feature factor is a ``(C,)`` vector or
+    ``None`` (absent). Returns ``(y, cache)``. This is the building block the layer uses after
+    it has computed the statistics (and from them, renorm's ``r`` and ``d``).
+    """
+    C = layout.channels
+    g = _per_feature_vector(gamma, C, "gamma", 1.0)
+    b = _per_feature_vector(beta, C, "beta", 0.0)
+    r_ = _per_feature_vector(r, C, "r", 1.0)
+    d_ = _per_feature_vector(d, C, "d", 0.0)
+    s_ = _per_feature_vector(adj_scale, C, "adj_scale", 1.0)
+    a_ = _per_feature_vector(adj_bias, C, "adj_bias", 0.0)
+    inv_std = 1.0 / np.sqrt(var + epsilon)
+    scale = g * s_ * r_
+    shift = g * (s_ * d_ + a_) + b
+    y = _dispatch.engine(device).affine(xc, layout.rows_per_sample, layout.groups, mean,
+                                        scale * inv_std, np.broadcast_to(shift, inv_std.shape))
+    cache = BatchNormCache(x=xc, layout=layout, device=device, training=True, mean=mean,
+                           inv_std=inv_std, scale=scale, adj_scale=s_, adj_bias=a_, r=r_, d=d_,
+                           epsilon=epsilon, dtype=xc.dtype)
+    return layout.restore(y), cache
+
+
+def normalize_moving(xc, layout, device, moving_mean, moving_var, epsilon, gamma=None, beta=None):
+    """Inference normalization of a canonical compute-dtype ``xc`` by moving statistics."""
+    C = layout.channels
+    mm = _per_feature_vector(moving_mean, C, "moving_mean", 0.0)[None]
+    inv_std = 1.0 / np.sqrt(_per_feature_vector(moving_var, C, "moving_variance", 1.0) + epsilon)[None]
+    g = _per_feature_vector(gamma, C, "gamma", 1.0)
+    b = _per_feature_vector(beta, C, "beta", 0.0)[None]
+    y = _dispatch.engine(device).affine(xc, layout.rows_per_sample, 1, mm, g * inv_std, b)
+    ones, zeros = np.ones(C), np.zeros(C)
+    cache = BatchNormCache(x=xc, layout=layout, device=device, training=False, mean=mm,
+                           inv_std=inv_std, scale=g, adj_scale=ones, adj_bias=zeros, r=ones,
+                           d=zeros, epsilon=epsilon, dtype=xc.dtype)
+    return layout.restore(y), cache
+
+
+def batch_norm_train(x, gamma=None, beta=None, *, axis=-1, epsilon=1e-3, virtual_batch_size=None):
+    """Normalize ``x`` by its own batch statistics: ``gamma * (x - mean) / sqrt(var + eps) + beta``.
+
+    Parameters
+    ----------
+    x : array
+        Input of any rank.
+    gamma, beta : array-like, optional
+        Per-feature scale and offset (``feature_shape`` or any shape with that many values);
+        ``None`` means 1 and 0.
+    axis : int or list of int
+        Feature axes.
+    epsilon : float
+        Added to the variance.
+    virtual_batch_size : int, optional
+        Ghost batch size; must divide ``x.shape[0]``.
+
+    Returns
+    -------
+    y : ndarray
+        Same shape as ``x``; float32 for integer input, float16 for float16 input.
+    cache : BatchNormCache
+        For :func:`batch_norm_backward`; ``cache.mean`` and ``cache.variance`` are the batch
+        statistics.
+
+    Raises
+    ------
+    ValueError
+        Bad ``axis``, an empty batch, or a ``virtual_batch_size`` that does not divide the batch.
+    TypeError
+        Non-numeric input.
+    """
+    x, dtype_in = _input(x)
+    xc, layout, device = _prepare(x, axis, virtual_batch_size)
+    epsilon = _validate.check_float(epsilon, "epsilon")
+    if layout.count == 0:
+        raise ValueError(f"Cannot compute batch statistics of an empty batch. "
+                         f"Received: x with shape {tuple(x.shape)}")
+    xc = layout.canonical(xc)
+    mean, var = _dispatch.engine(device).moments(xc, layout.rows_per_sample, layout.groups)
+    y, cache = normalize_batch(xc, layout, device, mean, var, epsilon, gamma, beta)
+    return _output(y, dtype_in), cache
+
+
+def batch_norm_infer(x, mean, variance, gamma=None, beta=None, *, axis=-1, epsilon=1e-3):
+    """Normalize ``x`` by given statistics (e.g. moving averages).
+
+    Returns ``(y, cache)``; the gradient through ``cache`` treats ``mean`` and ``variance`` as
+    constants.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from numbabn.functional import batch_norm_infer
+    >>> y, _ = batch_norm_infer(np.array([[2.0, 4.0]]), mean=[1.0, 2.0], variance=[4.0, 1.0],
+    ...                         epsilon=0.0)
+    >>> y.tolist()
+    [[0.5, 2.0]]
+    """
+    x, dtype_in = _input(x)
+    xc, layout, device = _prepare(x, axis)
+    epsilon = _validate.check_float(epsilon, "epsilon")
+    y, cache = normalize_moving(layout.canonical(xc), layout, device, mean, variance, epsilon,
+                                gamma, beta)
+    return _output(y, dtype_in), cache
+
+
+def batch_norm_backward(dy, cache):
+    """Gradients of a :func:`batch_norm_train` / :func:`batch_norm_infer` call.
+
+    Returns
+    -------
+    dx : ndarray
+        Same shape and dtype as the forward output.
+    dgamma, dbeta : ndarray
+        float64, ``feature_shape``: the gradients of the scale and the offset.
+    """
+    dy, _ = _validate.as_input_array(dy, "dy")
+    expected = cache.layout.shape
+    if tuple(dy.shape) != expected:
+        raise ValueError(f"`dy` must have the shape of the forward input {expected}. "
+                         f"Received: dy with shape {tuple(dy.shape)}")
+    dtype_out = dy.dtype if dy.dtype.kind == "f" else cache.dtype
+    dx, dgamma, dbeta = backward(np.asarray(dy, dtype=cache.dtype), cache)
+    return _output(dx, dtype_out), dgamma.reshape(cache.feature_shape), dbeta.reshape(
+        cache.feature_shape)
+
+
+def backward(dy, cache):
+    """Gradients for a compute-dtype ``dy``: ``(dx, dgamma (C,), dbeta (C,))``."""
+    layout, eng = cache.layout, _dispatch.engine(cache.device)
+    dyc = layout.canonical(dy)
+    P = layout.rows_per_sample
+    groups = layout.groups if cache.training else 1
+    sum_dy, sum_dyxc = eng.grad_sums(cache.x, dyc, P, groups, cache._mean)
+    inv = cache._inv_std
+    sum_dy_xhat = sum_dyxc * inv
+    if cache.training:
+        n = layout.count
+        k_dy = cache._scale * inv
+        dx = eng.grad_input(cache.x, dyc, P, groups, cache._mean, k_dy,
+                            -k_dy * inv * inv * sum_dyxc / n, -k_dy * sum_dy / n)
+        dgamma = (cache._adj_scale * (cache._r * sum_dy_xhat + cache._d * sum_dy)
+                  + cache._adj_bias * sum_dy).sum(axis=0)
+    else:
+        zeros = np.zeros_like(inv)
+        dx = eng.affine(dyc, P, 1, zeros, cache._scale * inv, zeros)
+        dgamma = sum_dy_xhat.sum(axis=0)
+    return layout.restore(dx), dgamma, sum_dy.sum(axis=0)
+
+
+def moving_average(moving, batch_stat, momentum):
+    """``moving - (moving - batch_stat) * (1 - momentum)``, as a new array in ``moving``'s dtype."""
+    out = np.array(moving, copy=True)
+    _dispatch.engine(_dispatch.CPU).moving_average(out, np.asarray(batch_stat),
+                                                     1.0 - float(momentum))
+    return out
+
+
+def _input(x):
+    """Validate ``x``; return it with the dtype the result should have."""
+    x, _ = _validate.as_input_array(x, "x")
+    return x, (x.dtype if x.dtype.kind == "f" else np.dtype(np.float32))
+
+
+def _output(y, dtype):
+    return y if y.dtype == dtype else y.astype(dtype)

@@ -1,0 +1,689 @@
+"""The ``BatchNormalization`` layer: state and policy; the arithmetic lives in ``functional``.
+
+It follows ``tf.compat.v1.keras.layers.BatchNormalization`` (tf_keras' V1 class) argument for
+argument; ``docs/numerics.md`` lists the conventions and the few places where numbabn
+deliberately differs (it refuses what TF silently turns into NaN, and its config round-trips).
+"""
+import itertools
+import threading
+
+import numpy as np
+
+from . import _dispatch, _validate
+from . import functional as F
+from . import keras_compat as kc
+from ._layout import Layout
+
+__all__ = ["BatchNormalization", "Variable"]
+
+_CLIPPING_KEYS = ("rmax", "rmin", "dmax")
+# Keyword arguments every Keras layer accepts; numbabn records them and needs no more.
+_LAYER_KWARGS = ("dtype", "input_shape", "batch_input_shape", "batch_size", "input_dim", "weights",
+                 "autocast", "dynamic")
+# dtype policy -> (compute dtype, variable dtype)
+_POLICIES = {
+    "float32": (np.float32, np.float32),
+    "float64": (np.float64, np.float64),
+    "float16": (np.float16, np.float32),
+    "mixed_float16": (np.float16, np.float32),
+}
+
+
+class Variable:
+    """A named layer weight: a NumPy array plus its Keras metadata.
+
+    ``value`` is the live array (updated in place by training steps); :meth:`numpy` returns a copy.
+    """
+
+    def __init__(self, name, value, trainable, regularizer=None, constraint=None):
+        self.name = name
+        self.value = value
+        self.trainable = trainable
+        self.regularizer = regularizer
+        self.constraint = constraint
+
+    @property
+    def shape(self):
+        return self.value.shape
+
+    @property
+    def dtype(self):
+        return self.value.dtype
+
+    def numpy(self):
+        return self.value.copy()
+
+    def __array__(self, dtype=None, copy=None):
+        return self.value.copy() if dtype is None else self.value.astype(dtype)
+
+    def __repr__(self):
+        return f"<Variable {self.name!r} shape={self.shape} dtype={self.dtype.name}>"
+
+
+class _Names:
+    """Keras-style unique default names: batch_normalization, batch_normalization_1, ..."""
+    _counters = {}
+    _lock = threading.Lock()
+
+    @classmethod
+    def unique(cls, base):
+        with cls._lock:
+            counter = cls._counters.setdefault(base, itertools.count())
+            n = next(counter)
+        return base if n == 0 else f"{base}_{n}"
+
+
+def _policy_name(dtype):
+    if dtype is None:
+        return "float32"
+    if isinstance(dtype, dict):       # a serialized Keras policy: {"class_name": "Policy", ...}
+        dtype = dtype.get("config", {}).get("name", dtype)
+    name = getattr(dtype, "name", dtype)
+    if isinstance(name, type) and issubclass(name, np.generic):
+        name = np.dtype(name).name
+    if name not in _POLICIES:
+        raise ValueError(
+            f"`dtype` must be one of {sorted(_POLICIES)}. Received: dtype={dtype!r}")
+    return name
+
+
+class BatchNormalization:
+    """Batch normalization layer (Ioffe and Szegedy, 2015), as tf.compat.v1.keras defines it.
+
+    Normalizes each feature with the statistics of the current batch in training, and with
+    moving averages of them in inference, then scales by ``gamma`` and shifts by ``beta``.
+    Runs on NumPy arrays with Numba CPU kernels.
+
+    Parameters
+    ----------
+    axis : int or list of int, default -1
+        The feature axis or axes; statistics are computed over all other axes.
+    momentum : float, default 0.99
+        Momentum of the moving averages.
+    epsilon : float, default 1e-3
+        Added to the variance before the square root.
+    center, scale : bool, default True
+        Whether to learn the offset ``beta`` / the scale ``gamma``.
+    beta_initializer, gamma_initializer, moving_mean_initializer, moving_variance_initializer
+        Keras initializer identifiers (``'zeros'``, ``'ones'``, ``{'class_name': 'Constant',
+        'config': {'value': 2.0}}``, ...) or callables ``f(shape, dtype)``.
+    beta_regularizer, gamma_regularizer : optional
+        Keras regularizer identifiers (``'l2'``, ...) or callables; their values are in
+        :attr:`losses`.
+    beta_constraint, gamma_constraint : optional
+        Keras constraint identifiers (``'non_neg'``, ...) or callables, applied by
+        :meth:`apply_constraints` (as a Keras optimizer does after each update).
+    renorm : bool, default False
+        Use batch renormalization (Ioffe, 2017): adds ``moving_stddev``, ``renorm_mean`` and
+        ``renorm_stddev``.
+    renorm_clipping : dict, optional
+        Bounds for the renorm correction, keys among ``'rmax'``, ``'rmin'``, ``'dmax'``.
+    renorm_momentum : float, default 0.99
+        Momentum of the renorm statistics.
+    fused : bool or None, default None
+        ``None``/``True`` use the fused algorithm when the reference class would (rank 4/5 input
+        with the channel axis first after the batch or last, no renorm, ghost batches or
+        adjustment, not float64). The only visible effect: the moving variance then tracks the
+        Bessel-corrected batch variance ``n/(n-1) * var``.
+    trainable : bool, default True
+        ``False`` freezes gamma and beta and stops the moving-average updates (batch statistics
+        are still used when called with ``training=True``, as in the V1 Keras class).
+    virtual_batch_size : int, optional
+        Ghost batch normalization: the batch is split into ``B // virtual_batch_size`` groups
+        (sample ``j`` in group ``j % G``), each normalized with its own statistics.
+    adjustment : callable, optional
+        ``adjustment(shape) -> (scale, bias)``, called in training with the input shape (int32
+        array); the normalized value becomes ``scale * xhat + bias`` before gamma and beta.
+    name : str, optional
+        Layer name; default ``batch_normalization`` (made unique).
+    **kwargs
+        ``dtype`` (``'float32'`` default, ``'float64'``, ``'float16'``, ``'mixed_float16'``) and
+        the other keyword arguments every Keras layer accepts (``input_shape``, ``weights``, ...).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import numbabn
+    >>> layer = numbabn.BatchNormalization(momentum=0.9)
+    >>> x = np.random.default_rng(0).normal(5.0, 3.0, size=(64, 8)).astype(np.float32)
+    >>> y = layer(x, training=True)
+    >>> bool(abs(y.mean()) < 1e-5), layer.moving_mean.shape
+    (True, (8,))
+    >>> dx = layer.backward(np.ones_like(y))
+    >>> sorted(layer.grads)
+    ['beta', 'gamma']
+    """
+
+    def __init__(self, axis=-1, momentum=0.99, epsilon=1e-3, center=True, scale=True,
+                 beta_initializer="zeros", gamma_initializer="ones",
+                 moving_mean_initializer="zeros", moving_variance_initializer="ones",
+                 beta_regularizer=None, gamma_regularizer=None, beta_constraint=None,
+                 gamma_constraint=None, renorm=False, renorm_clipping=None, renorm_momentum=0.99,
+                 fused=None, trainable=True, virtual_batch_size=None, adjustment=None, name=None,
+                 **kwargs):
+        unknown = sorted(set(kwargs) - set(_LAYER_KWARGS))
+        if unknown:
+            raise TypeError(f"Keyword argument not understood: {unknown[0]!r}. "
+                            f"Received: {unknown[0]}={kwargs[unknown[0]]!r}")
+        _validate.check_axis_type(axis)
+        self.axis = list(axis) if isinstance(axis, (list, tuple)) else int(axis)
+        self.momentum = _validate.check_float(momentum, "momentum")
+        self.epsilon = _validate.check_float(epsilon, "epsilon")
+        if not self.epsilon >= 0 or not np.isfinite(self.epsilon):
+            raise ValueError(f"`epsilon` must be a finite number >= 0. "
+                             f"{_validate.received('epsilon', epsilon)}")
+        if not np.isfinite(self.momentum):
+            raise ValueError(f"`momentum` must be finite. {_validate.received('momentum', momentum)}")
+        self.center = _validate.check_bool(center, "center")
+        self.scale = _validate.check_bool(scale, "scale")
+        self.beta_initializer = kc.get_initializer(beta_initializer, "beta_initializer")
+        self.gamma_initializer = kc.get_initializer(gamma_initializer, "gamma_initializer")
+        self.moving_mean_initializer = kc.get_initializer(moving_mean_initializer,
+                                                          "moving_mean_initializer")
+        self.moving_variance_initializer = kc.get_initializer(moving_variance_initializer,
+                                                              "moving_variance_initializer")
+        self.beta_regularizer = kc.get_regularizer(beta_regularizer, "beta_regularizer")
+        self.gamma_regularizer = kc.get_regularizer(gamma_regularizer, "gamma_regularizer")
+        self.beta_constraint = kc.get_constraint(beta_constraint, "beta_constraint")
+        self.gamma_constraint = kc.get_constraint(gamma_constraint, "gamma_constraint")
+        self.renorm = _validate.check_bool(renorm, "renorm")
+        if self.renorm:
+            self.renorm_clipping = self._check_clipping(renorm_clipping)
+            self.renorm_momentum = _validate.check_float(renorm_momentum, "renorm_momentum")
+        if fused not in (None, True, False):
+            raise TypeError(f"`fused` must be None, True or False. "
+                            f"{_validate.received('fused', fused)}")
+        self.fused = fused
+        self._trainable = _validate.check_bool(trainable, "trainable")
+        if virtual_batch_size is not None:
+            if (isinstance(virtual_batch_size, (bool, np.bool_))
+                    or not isinstance(virtual_batch_size, (int, np.integer))):
+                raise TypeError("`virtual_batch_size` must be an int or None. "
+                                f"{_validate.received('virtual_batch_size', virtual_batch_size)}")
+            if virtual_batch_size <= 0:
+                raise ValueError(
+                    "`virtual_batch_size` must be a positive integer that divides the true batch "
+                    f"size of the input tensor. Received: virtual_batch_size={virtual_batch_size}")
+            virtual_batch_size = int(virtual_batch_size)
+            if adjustment is not None:
+                raise ValueError("When using `virtual_batch_size`, adjustment cannot be specified. "
+                                 f"Received: adjustment={adjustment!r}")
+        self.virtual_batch_size = virtual_batch_size
+        if adjustment is not None and not callable(adjustment):
+            raise TypeError(f"`adjustment` must be a callable or None. "
+                            f"{_validate.received('adjustment', adjustment)}")
+        self.adjustment = adjustment
+        if name is not None and not isinstance(name, str):
+            raise TypeError(f"`name` must be a string. {_validate.received('name', name)}")
+        self.name = name if name else _Names.unique("batch_normalization")
+        self._policy = _policy_name(kwargs.get("dtype"))
+        self._compute_dtype, self._param_dtype = (np.dtype(t) for t in _POLICIES[self._policy])
+        self._layer_kwargs = {k: v for k, v in kwargs.items() if k != "dtype"}
+        self._variables = {}
+        self._input_spec = None
+        self._fused_path = False
+        self._cache = None
+        self._layouts = {}
+        self.grads = {}
+        self.built = False
+
+    # --------------------------------------------------------------------------------------------
+    # construction
+
+    @staticmethod
+    def _check_clipping(clipping):
+        clipping = {} if clipping is None else clipping
+        if not isinstance(clipping, dict):
+            raise TypeError("`renorm_clipping` must be a dict or None. "
+                            f"{_validate.received('renorm_clipping', clipping)}")
+        bad = set(clipping) - set(_CLIPPING_KEYS)
+        if bad:
+            raise ValueError(f"Received invalid keys for `renorm_clipping` argument: {bad}. "
+                             f"Supported values: {list(_CLIPPING_KEYS)}.")
+        out = {}
+        for key, value in clipping.items():
+            out[key] = None if value is None else _validate.check_float(
+                value, f"renorm_clipping['{key}']")
+        return out
+
+    @property
+    def dtype(self):
+        """The variable dtype name (``'float32'`` for the mixed policies)."""
+        return self._param_dtype.name
+
+    @property
+    def compute_dtype(self):
+        return self._compute_dtype.name
+
+    @property
+    def trainable(self):
+        return self._trainable
+
+    @trainable.setter
+    def trainable(self, value):
+        self._trainable = _validate.check_bool(value, "trainable")
+        for v in self._variables.values():
+            if v.name.split("/")[-1] in ("gamma", "beta"):
+                v.trainable = self._trainable
+
+    def _resolve_axes(self, ndim):
+        axes = _validate.resolve_axes(self.axis, ndim)
+        if self.virtual_batch_size is not None and 0 in axes:
+            raise ValueError(
+                "When using `virtual_batch_size`, the batch dimension must be 0 and thus axis "
+                f"cannot include 0. Received axis={self.axis!r}")
+        return axes
+
+    def build(self, input_shape):
+        """Create the weights for inputs of ``input_shape`` (feature dims must be known).
+
+        Raises
+        ------
+        ValueError
+            Undefined rank, a bad ``axis``, or an unknown feature dimension.
+        """
+        if self.built:
+            return
+        try:
+            shape = tuple(None if d is None else int(d) for d in input_shape)
+        except TypeError as err:
+            raise TypeError("`input_shape` must be a tuple of ints (None for unknown dims). "
+                            f"Received: input_shape={input_shape!r}") from err
+        axes = self._resolve_axes(len(shape))
+        if any(shape[a] is None for a in axes):
+            raise ValueError("Input has undefined `axis` dimension. "
+                             f"Received input with shape {shape} and axis={self.axis!r}")
+        ndim = len(shape)
+        if len(axes) == 1 and self.virtual_batch_size is None:
+            param_shape = (shape[axes[0]],)
+        else:
+            param_shape = tuple(shape[a] if a in axes else 1 for a in range(ndim))
+            if self.virtual_batch_size is not None:
+                param_shape = param_shape[:1] + (1,) + param_shape[1:]
+        values = self._initial_values(param_shape)
+        self._axes = axes
+        self._param_shape = param_shape
+        self._input_spec = (ndim, {a: shape[a] for a in axes})
+        self._fused_path = self._takes_fused_path(ndim, axes)
+        self._variables = {}
+        for key, value in values.items():
+            trainable = key in ("gamma", "beta") and self._trainable
+            self._variables[key] = Variable(
+                f"{self.name}/{key}:0", value, trainable,
+                regularizer=getattr(self, f"{key}_regularizer", None),
+                constraint=getattr(self, f"{key}_constraint", None))
+        self.axis = list(axes)
+        self.built = True
+        initial = self._layer_kwargs.get("weights")
+        if initial is not None:
+            self.set_weights(initial)
+
+    def _initial_values(self, shape):
+        """Every weight's initial value, in Keras' creation order; validated before use."""
+        def make(init, name):
+            value = np.asarray(init(shape, self._param_dtype), dtype=self._param_dtype)
+            if value.shape != shape:
+                raise ValueError(f"`{name}` returned shape {value.shape}, expected {shape}")
+            return np.ascontiguousarray(value)
+
+        values = {}
+        if self.scale:
+            values["gamma"] = make(self.gamma_initializer, "gamma_initializer")
+        if self.center:
+            values["beta"] = make(self.beta_initializer, "beta_initializer")
+        values["moving_mean"] = make(self.moving_mean_initializer, "moving_mean_initializer")
+        values["moving_variance"] = make(self.moving_variance_initializer,
+                                         "moving_variance_initializer")
+        if self.renorm:
+            values["moving_stddev"] = np.sqrt(
+                make(self.moving_variance_initializer, "moving_variance_initializer"))
+            values["renorm_mean"] = make(self.moving_mean_initializer, "moving_mean_initializer")
+            values["renorm_stddev"] = np.sqrt(
+                make(self.moving_variance_initializer, "moving_variance_initializer"))
+        return values
+
+    def _takes_fused_path(self, ndim, axes):
+        """Whether the V1 Keras class would run its fused kernel (§3.4 of the semantics)."""
+        if self.fused is False or self.renorm or self.virtual_batch_size is not None:
+            return False
+        if self.adjustment is not None or self._compute_dtype == np.float64:
+            return False
+        return (ndim == 4 and axes in ((1,), (3,))) or (ndim == 5 and axes in ((1,), (4,)))
+
+    # --------------------------------------------------------------------------------------------
+    # weights
+
+    def __getattr__(self, key):
+        # gamma, beta, moving_mean, ... as attributes, like the Keras layer's variables.
+        variables = self.__dict__.get("_variables", {})
+        if key in variables:
+            return variables[key]
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {key!r}")
+
+    @property
+    def weights(self):
+        """All weights, in Keras order: gamma, beta, moving_mean, moving_variance, [renorm's]."""
+        return list(self._variables.values())
+
+    @property
+    def trainable_weights(self):
+        return [v for v in self._variables.values() if v.trainable]
+
+    @property
+    def non_trainable_weights(self):
+        return [v for v in self._variables.values() if not v.trainable]
+
+    def get_weights(self):
+        """Copies of every weight, in :attr:`weights` order (the Keras order and shapes)."""
+        return [v.value.copy() for v in self._variables.values()]
+
+    def set_weights(self, weights):
+        """Set every weight from a list in :attr:`weights` order.
+
+        Each array has the weight's shape, or is flat with one value per feature. Nothing is
+        changed unless every array is valid.
+        """
+        if not self.built:
+            raise RuntimeError(f"Layer {self.name!r} has no weights yet: call it or build() first")
+        weights = list(weights)
+        variables = list(self._variables.values())
+        if len(weights) != len(variables):
+            raise ValueError(
+                f"You called `set_weights(weights)` on layer {self.name!r} with a weight list of "
+                f"length {len(weights)}, but the layer was expecting {len(variables)} weights. "
+                f"Received: weights of length {len(weights)}")
+        new = []
+        for var, w in zip(variables, weights):
+            w = np.asarray(w)
+            if w.dtype.kind not in "fiu":
+                raise TypeError(f"Weight {var.name!r} must be numeric. "
+                                f"Received: array of dtype {w.dtype}")
+            if w.shape != var.shape and not (w.ndim == 1 and w.size == var.value.size):
+                raise ValueError(
+                    f"Layer {self.name!r} weight shape {var.shape} is not compatible with "
+                    f"provided weight shape {w.shape}. Received: {var.name} of shape {w.shape}")
+            new.append(w.astype(self._param_dtype).reshape(var.shape))
+        for var, w in zip(variables, new):
+            var.value[...] = w
+
+    @property
+    def losses(self):
+        """Regularization losses of gamma and beta (floats), from their current values."""
+        out = []
+        for key in ("gamma", "beta"):
+            var = self._variables.get(key)
+            if var is not None and var.regularizer is not None:
+                out.append(float(var.regularizer(var.value)))
+        return out
+
+    def apply_constraints(self):
+        """Project gamma and beta with their constraints, as a Keras optimizer does per step."""
+        updates = {}
+        for key in ("gamma", "beta"):
+            var = self._variables.get(key)
+            if var is not None and var.constraint is not None:
+                value = np.asarray(var.constraint(var.value.copy()))
+                if value.shape != var.shape:
+                    raise ValueError(f"`{key}_constraint` returned shape {value.shape}, "
+                                     f"expected {var.shape}")
+                updates[key] = value.astype(self._param_dtype)
+        for key, value in updates.items():
+            self._variables[key].value[...] = value
+
+    # --------------------------------------------------------------------------------------------
+    # forward and backward
+
+    def __call__(self, inputs, training=None):
+        """Normalize ``inputs``.
+
+        Parameters
+        ----------
+        inputs : array
+            NumPy array (or array-like) of any rank; integer input is cast to the layer dtype.
+        training : bool, 0/1 or None
+            ``True``: normalize with this batch's statistics and update the moving statistics
+            (unless the layer is not trainable). ``False``/``None``: use the moving statistics.
+
+        Returns
+        -------
+        ndarray
+            Same shape as ``inputs``, in the layer's compute dtype.
+        """
+        x, device = _validate.as_input_array(inputs, "inputs")
+        training = self._check_training(training)
+        axes = self._resolve_axes(x.ndim)
+        if self.built:
+            self._check_input_spec(x.shape)
+        if training:
+            if x.size == 0 or any(x.shape[a] == 0 for a in range(x.ndim) if a not in axes):
+                raise ValueError(
+                    "Cannot compute batch statistics of an empty batch in training: the moving "
+                    f"statistics would become NaN. Received: inputs with shape {tuple(x.shape)}")
+            if self.virtual_batch_size is not None and x.shape[0] % self.virtual_batch_size:
+                raise ValueError(
+                    "`virtual_batch_size` must divide the batch size in training. Received: "
+                    f"virtual_batch_size={self.virtual_batch_size} for inputs with shape "
+                    f"{tuple(x.shape)}")
+        if not self.built:
+            self.build(x.shape)
+        xc = x.astype(self._compute_dtype if self._compute_dtype != np.float16 else np.float32,
+                      copy=False)
+        if training:
+            y, cache, commit = self._train(xc, device)
+        else:
+            y, cache = self._infer(xc, device)
+            commit = None
+        y = y.astype(self._compute_dtype, copy=False)
+        if commit is not None:
+            commit()                     # state changes only once everything has succeeded
+        self._cache = (cache, x.dtype)
+        return y
+
+    def _check_training(self, training):
+        if training is None:
+            return False                 # Keras' learning phase outside fit(): inference
+        if isinstance(training, (bool, np.bool_)):
+            return bool(training)
+        if isinstance(training, (int, np.integer)) and training in (0, 1):
+            return bool(training)
+        raise TypeError("`training` must be a boolean, 0/1 or None. "
+                        f"{_validate.received('training', training)}")
+
+    def _check_input_spec(self, shape):
+        ndim, dims = self._input_spec
+        if len(shape) != ndim:
+            raise ValueError(
+                f"Input 0 of layer {self.name!r} is incompatible with the layer: expected "
+                f"ndim={ndim}, found ndim={len(shape)}. Full shape received: {tuple(shape)}")
+        for a, dim in dims.items():
+            if shape[a] != dim:
+                raise ValueError(
+                    f"Input 0 of layer {self.name!r} is incompatible with the layer: expected "
+                    f"axis {a} of input shape to have value {dim}, but received input with "
+                    f"shape {tuple(shape)}")
+
+    def _layout(self, shape, ghost):
+        key = (tuple(shape), ghost)
+        layout = self._layouts.get(key)
+        if layout is None:
+            if len(self._layouts) > 64:
+                self._layouts.clear()
+            layout = Layout(shape, self._axes, self.virtual_batch_size if ghost else None)
+            self._layouts[key] = layout
+        return layout
+
+    def _flat(self, key):
+        var = self._variables.get(key)
+        return None if var is None else var.value.reshape(-1).astype(np.float64)
+
+    def _adjustment_factors(self, shape):
+        """Call ``adjustment`` and reduce its outputs to per-feature ``(C,)`` vectors."""
+        out = self.adjustment(np.array(shape, dtype=np.int32))
+        if not isinstance(out, (tuple, list)) or len(out) != 2:
+            raise ValueError("`adjustment` must return a pair (scale, bias). "
+                             f"Received: {type(out).__name__} {out!r}")
+        ndim = len(shape)
+        feature_shape = tuple(shape[a] if a in self._axes else 1 for a in range(ndim))
+        factors = []
+        for label, value in zip(("scale", "bias"), out):
+            v = np.asarray(value, dtype=np.float64)
+            try:
+                if v.ndim > ndim:
+                    raise ValueError
+                full = np.broadcast_to(v.reshape((1,) * (ndim - v.ndim) + v.shape), feature_shape)
+            except ValueError:
+                raise ValueError(
+                    f"The {label} returned by `adjustment` must broadcast to the per-feature "
+                    f"shape {feature_shape} of inputs with shape {tuple(shape)}. "
+                    f"Received: {label} with shape {v.shape}") from None
+            factors.append(np.ascontiguousarray(full).reshape(-1))
+        return factors
+
+    def _train(self, x, device):
+        layout = self._layout(x.shape, self.virtual_batch_size is not None)
+        xc = layout.canonical(x)
+        eng = _dispatch.engine(device)
+        mean, var = eng.moments(xc, layout.rows_per_sample, layout.groups)
+        batch_mean, batch_var = mean.mean(axis=0), var.mean(axis=0)
+        r = d = None
+        if self.renorm:
+            r, d = self._renorm_correction(batch_mean, batch_var)
+        adj_scale = adj_bias = None
+        if self.adjustment is not None:
+            adj_scale, adj_bias = self._adjustment_factors(x.shape)
+        y, cache = F.normalize_batch(xc, layout, device, mean, var, self.epsilon,
+                                     self._flat("gamma"), self._flat("beta"), r, d,
+                                     adj_scale, adj_bias)
+
+        def commit():
+            self._update_statistics(eng, batch_mean, batch_var, layout.count)
+        return y, cache, commit
+
+    def _infer(self, x, device):
+        layout = self._layout(x.shape, False)
+        return F.normalize_moving(layout.canonical(x), layout, device, self._flat("moving_mean"),
+                                  self._flat("moving_variance"), self.epsilon,
+                                  self._flat("gamma"), self._flat("beta"))
+
+    def _renorm_correction(self, mean, var):
+        """Batch renormalization's r and d from pre-update renorm statistics (held constant)."""
+        eps = self.epsilon
+        rs = np.maximum(self._flat("renorm_stddev"), np.sqrt(eps))
+        r = np.sqrt(var + eps) / rs
+        d = (mean - self._flat("renorm_mean")) / rs
+        clip = self.renorm_clipping
+        if clip.get("rmin") is not None:
+            r = np.maximum(r, clip["rmin"])
+        if clip.get("rmax") is not None:
+            r = np.minimum(r, clip["rmax"])
+        if clip.get("dmax") is not None:
+            d = np.clip(d, -clip["dmax"], clip["dmax"])
+        return r, d
+
+    def _decay(self, momentum):
+        # Keras forms 1 - momentum in Python and stores it as a float32 tensor.
+        return float(np.float32(1.0 - momentum))
+
+    def _update_statistics(self, eng, mean, var, count):
+        """The moving-average updates of one training step (``mean``/``var``: biased, (C,))."""
+        v = self._variables
+        frozen = not self._trainable
+        if self.renorm:
+            stddev = np.sqrt(var + self.epsilon)
+            decay = self._decay(self.renorm_momentum)
+            eng.moving_average(v["renorm_mean"].value, mean, decay)
+            eng.moving_average(v["renorm_stddev"].value, stddev, decay)
+            if frozen:
+                return
+            decay = self._decay(self.momentum)
+            eng.moving_average(v["moving_mean"].value, mean, decay)
+            eng.moving_average(v["moving_stddev"].value, stddev, decay)
+            ms = v["moving_stddev"].value
+            v["moving_variance"].value[...] = np.maximum(ms * ms - self._param_dtype.type(
+                self.epsilon), 0)
+            return
+        if frozen:
+            return
+        if self._fused_path:
+            var = var * (count / max(count - 1, 1))
+        decay = self._decay(self.momentum)
+        eng.moving_average(v["moving_mean"].value, mean, decay)
+        eng.moving_average(v["moving_variance"].value, var, decay)
+
+    def backward(self, dy):
+        """Gradient of the last call with respect to its input.
+
+        Training calls differentiate through the batch statistics; inference calls through the
+        (constant) moving statistics. Also sets :attr:`grads` to ``{"gamma": ..., "beta": ...}``
+        for the parameters that exist and are trainable (an empty dict when the layer is frozen).
+
+        Parameters
+        ----------
+        dy : array
+            Gradient of the loss with respect to the last output (same shape).
+
+        Returns
+        -------
+        ndarray
+            ``dx``, same shape as the last input, in its floating dtype (the compute dtype for
+            integer input).
+        """
+        if self._cache is None:
+            raise RuntimeError(f"backward() called on layer {self.name!r} before any forward call")
+        cache, input_dtype = self._cache
+        dy, _ = _validate.as_input_array(dy, "dy")
+        if tuple(dy.shape) != cache.layout.shape:
+            raise ValueError(f"`dy` must have the shape of the last input {cache.layout.shape}. "
+                             f"Received: dy with shape {tuple(dy.shape)}")
+        dx, dgamma, dbeta = F.backward(dy.astype(cache.dtype, copy=False), cache)
+        grads = {}
+        if self._trainable:
+            if self.scale:
+                grads["gamma"] = dgamma.astype(self._param_dtype).reshape(self._param_shape)
+            if self.center:
+                grads["beta"] = dbeta.astype(self._param_dtype).reshape(self._param_shape)
+        self.grads = grads
+        return dx.astype(input_dtype if input_dtype.kind == "f" else self._compute_dtype,
+                         copy=False)
+
+    # --------------------------------------------------------------------------------------------
+    # config
+
+    def get_config(self):
+        """Constructor arguments, JSON-safe, in the Keras key order (``fused`` and ``adjustment``
+        are not included, as in Keras)."""
+        config = {
+            "name": self.name,
+            "trainable": self._trainable,
+            "dtype": self._policy,
+            "axis": self.axis,
+            "momentum": self.momentum,
+            "epsilon": self.epsilon,
+            "center": self.center,
+            "scale": self.scale,
+            "beta_initializer": kc.serialize_initializer(self.beta_initializer),
+            "gamma_initializer": kc.serialize_initializer(self.gamma_initializer),
+            "moving_mean_initializer": kc.serialize_initializer(self.moving_mean_initializer),
+            "moving_variance_initializer": kc.serialize_initializer(
+                self.moving_variance_initializer),
+            "beta_regularizer": kc.serialize_regularizer(self.beta_regularizer),
+            "gamma_regularizer": kc.serialize_regularizer(self.gamma_regularizer),
+            "beta_constraint": kc.serialize_constraint(self.beta_constraint),
+            "gamma_constraint": kc.serialize_constraint(self.gamma_constraint),
+        }
+        if self.renorm:
+            config["renorm"] = True
+            config["renorm_clipping"] = dict(self.renorm_clipping)
+            config["renorm_momentum"] = self.renorm_momentum
+        if self.virtual_batch_size is not None:
+            config["virtual_batch_size"] = self.virtual_batch_size
+        return config
+
+    @classmethod
+    def from_config(cls, config):
+        """A new, unbuilt layer from :meth:`get_config` output."""
+        return cls(**config)
+
+    def __repr__(self):
+        state = "built" if self.built else "not built"
+        return f"<BatchNormalization name={self.name!r} axis={self.axis!r} ({state})>"
