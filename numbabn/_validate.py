@@ -36,8 +36,11 @@ def as_input_array(x, name="inputs"):
     return x, device
 
 
-def resolve_axes(axis, ndim, name="axis"):
-    """Normalize ``axis`` (int or list/tuple of ints, negatives allowed) to a sorted tuple."""
+def resolve_axes(axis, ndim, name="axis", sort=True):
+    """Normalize ``axis`` (int or list/tuple of ints, negatives allowed) to non-negative ints.
+
+    Sorted unless ``sort`` is false (the layer reports its axes in the order they were given).
+    """
     axes = check_axis_type(axis, name)
     if ndim == 0:
         raise ValueError(
@@ -52,7 +55,7 @@ def resolve_axes(axis, ndim, name="axis"):
         resolved.append(r)
     if len(set(resolved)) != len(resolved):
         raise ValueError(f"Duplicate axis: {tuple(resolved)}. Received: {name}={axis!r}")
-    return tuple(sorted(resolved))
+    return tuple(sorted(resolved)) if sort else tuple(resolved)
 
 
 def check_axis_type(axis, name="axis"):

@@ -289,6 +289,7 @@ class BatchNormalization:
         except TypeError as err:
             raise TypeError("`input_shape` must be a tuple of ints (None for unknown dims). "
                             f"Received: input_shape={input_shape!r}") from err
+        given = _validate.resolve_axes(self.axis, len(shape), sort=False)
         axes = self._resolve_axes(len(shape))
         if any(shape[a] is None for a in axes):
             raise ValueError("Input has undefined `axis` dimension. "
@@ -312,7 +313,7 @@ class BatchNormalization:
                 f"{self.name}/{key}:0", value, trainable,
                 regularizer=getattr(self, f"{key}_regularizer", None),
                 constraint=getattr(self, f"{key}_constraint", None))
-        self.axis = list(axes)
+        self.axis = list(given)
         self.built = True
         initial = self._layer_kwargs.get("weights")
         if initial is not None:

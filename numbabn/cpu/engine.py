@@ -60,10 +60,24 @@ def moments(x, rows_per_sample, groups):
     return mean, m2
 
 
+def split_center(m, a, b, dtype):
+    """Coefficients in ``dtype`` for ``(x - m) * a + b`` with ``m`` kept to float64 accuracy.
+
+    ``m`` is rounded to ``m_hi`` in ``dtype``; the remainder ``m - m_hi`` moves into the offset.
+    ``x - m_hi`` is exact when x is near the mean (Sterbenz), so a float32 output stays right to
+    float32 rounding even when |mean| >> std.
+    """
+    m = np.asarray(m, dtype=np.float64)
+    m_hi = m.astype(dtype)
+    b = np.asarray(b, dtype=np.float64) - (m - m_hi) * np.asarray(a, dtype=np.float64)
+    return (np.ascontiguousarray(m_hi), np.ascontiguousarray(a, dtype=dtype),
+            np.ascontiguousarray(b, dtype=dtype))
+
+
 def affine(x, rows_per_sample, groups, m, a, b, out=None):
-    """``(x - m) * a + b`` with ``(groups, C)`` coefficients cast to ``x``'s dtype."""
+    """``(x - m) * a + b`` per (group, feature); coefficients float64 ``(groups, C)``."""
     out = np.empty_like(x) if out is None else out
-    m, a, b = (np.ascontiguousarray(v, dtype=x.dtype) for v in (m, a, b))
+    m, a, b = split_center(m, a, b, x.dtype)
     if x.size == 0:
         return out
     if x.ndim == 2:
@@ -107,7 +121,8 @@ def grad_input(x, dy, rows_per_sample, groups, m, k_dy, k_xc, k_0):
     dx = np.empty_like(x)
     if x.size == 0:
         return dx
-    m, k_dy, k_xc, k_0 = (np.ascontiguousarray(v, dtype=x.dtype) for v in (m, k_dy, k_xc, k_0))
+    m, k_xc, k_0 = split_center(m, k_xc, k_0, x.dtype)
+    k_dy = np.ascontiguousarray(k_dy, dtype=x.dtype)
     if x.ndim == 2:
         block = _row_block(x.shape[0], x.shape[1], TASK_ELEMENTS)
         kernels.grad_input_rows(x, dy, rows_per_sample, groups, block, m, k_dy, k_xc, k_0, dx)
