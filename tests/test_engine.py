@@ -1,0 +1,161 @@
+"""The CPU engine (through the functional API) against the float64 reference.
+
+A hypothesis-driven matrix covers ranks 1-5, every kind of axis set (single, several, adjacent or
+not, negative), odd sizes and batch 1, float32 and float64, with and without ghost batches. The
+engine's work-unit sizes are shrunk in some runs so that tiny shapes still split into many units
+and exercise the cross-unit merges.
+"""
+import contextlib
+
+import numba
+import numpy as np
+import pytest
+from conftest import assert_close
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from numbabn import functional as F
+from numbabn import reference as R
+from numbabn.cpu import engine
+
+
+@contextlib.contextmanager
+def unit_sizes(unit, task):
+    saved = engine.UNIT_ELEMENTS, engine.TASK_ELEMENTS
+    engine.UNIT_ELEMENTS, engine.TASK_ELEMENTS = unit, task
+    try:
+        yield
+    finally:
+        engine.UNIT_ELEMENTS, engine.TASK_ELEMENTS = saved
+
+
+@st.composite
+def problems(draw):
+    ndim = draw(st.integers(1, 5))
+    shape = tuple(draw(st.lists(st.integers(1, 6), min_size=ndim, max_size=ndim)))
+    axes = draw(st.lists(st.integers(0, ndim - 1), min_size=1, max_size=ndim, unique=True))
+    negative = draw(st.booleans())
+    axis = [a - ndim if negative else a for a in axes]
+    dtype = draw(st.sampled_from([np.float32, np.float64]))
+    vbs = None
+    if 0 not in axes and draw(st.booleans()):
+        divisors = [v for v in range(1, shape[0] + 1) if shape[0] % v == 0]
+        vbs = draw(st.sampled_from(divisors))
+    units = draw(st.sampled_from([(1 << 16, 1 << 14), (4, 3), (1, 1)]))
+    seed = draw(st.integers(0, 2**31))
+    return shape, axis, tuple(sorted(axes)), dtype, vbs, units, seed
+
+
+def per_feature(v, shape, axes):
+    return np.asarray(v).reshape(tuple(shape[a] if a in axes else 1 for a in range(len(shape))))
+
+
+@settings(max_examples=120, deadline=None)
+@given(problems())
+def test_train_forward_backward_match_reference(problem):
+    shape, axis, axes, dtype, vbs, units, seed = problem
+    rng = np.random.default_rng(seed)
+    x = rng.normal(2.0, 3.0, size=shape).astype(dtype)
+    dy = rng.normal(size=shape).astype(dtype)
+    fshape = tuple(shape[a] for a in axes)
+    gamma = rng.uniform(0.5, 1.5, size=fshape)
+    beta = rng.normal(size=fshape)
+    with unit_sizes(*units):
+        y, cache = F.batch_norm_train(x, gamma, beta, axis=axis, epsilon=1e-3,
+                                      virtual_batch_size=vbs)
+        dx, dgamma, dbeta = F.batch_norm_backward(dy, cache)
+    g, b = per_feature(gamma, shape, axes), per_feature(beta, shape, axes)
+    y_ref, mean_ref, var_ref = R.forward_train(x, axes, 1e-3, g, b, vbs)
+    dx_ref, dg_ref, db_ref = R.backward_train(dy, x, axes, 1e-3, g, vbs)
+    assert y.dtype == dtype and dx.dtype == dtype
+    assert_close(y, y_ref, dtype)
+    assert_close(dx, dx_ref, dtype, scale=4)
+    assert_close(dgamma, dg_ref.reshape(fshape), dtype, scale=4 * x.size)
+    assert_close(dbeta, db_ref.reshape(fshape), dtype, scale=x.size)
+    # the statistics themselves are accumulated in float64 whatever the input dtype
+    want_mean = mean_ref.reshape(cache.mean.shape)
+    np.testing.assert_allclose(cache.mean, want_mean, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(cache.variance, var_ref.reshape(cache.variance.shape),
+                               rtol=1e-9, atol=1e-9)
+
+
+@settings(max_examples=60, deadline=None)
+@given(problems())
+def test_infer_forward_backward_match_reference(problem):
+    shape, axis, axes, dtype, _, units, seed = problem
+    rng = np.random.default_rng(seed)
+    x = rng.normal(2.0, 3.0, size=shape).astype(dtype)
+    dy = rng.normal(size=shape).astype(dtype)
+    fshape = tuple(shape[a] for a in axes)
+    mm, mv = rng.normal(size=fshape), rng.uniform(0.5, 2.0, size=fshape)
+    gamma, beta = rng.uniform(0.5, 1.5, size=fshape), rng.normal(size=fshape)
+    with unit_sizes(*units):
+        y, cache = F.batch_norm_infer(x, mm, mv, gamma, beta, axis=axis, epsilon=1e-3)
+        dx, dgamma, dbeta = F.batch_norm_backward(dy, cache)
+    pf = [per_feature(v, shape, axes) for v in (mm, mv, gamma, beta)]
+    assert_close(y, R.forward_infer(x, pf[0], pf[1], 1e-3, pf[2], pf[3]), dtype)
+    dx_ref, dg_ref, db_ref = R.backward_infer(dy, x, axes, pf[0], pf[1], 1e-3, pf[2])
+    assert_close(dx, dx_ref, dtype)
+    assert_close(dgamma, dg_ref.reshape(fshape), dtype, scale=x.size)
+    assert_close(dbeta, db_ref.reshape(fshape), dtype, scale=x.size)
+
+
+@pytest.mark.parametrize("shape, axis", [((20000, 3), -1), ((16, 3, 40, 40), 1),
+                                         ((64, 8, 8, 16), -1)])
+def test_large_offset_variance_is_exact_in_float32(shape, axis, rng):
+    """|mean| / std = 1e4: E[x^2] - E[x]^2 in float32 would lose every digit."""
+    x = (rng.normal(size=shape) + 1e4).astype(np.float32)
+    mean, var = F.moments(x, axis=axis)
+    axes = (len(shape) - 1,) if axis == -1 else (axis,)
+    mean_ref, var_ref = R.moments(x, axes)
+    np.testing.assert_allclose(mean, mean_ref.ravel(), rtol=1e-12)
+    np.testing.assert_allclose(var, var_ref.ravel(), rtol=1e-9)
+    y, _ = F.batch_norm_train(x, axis=axis, epsilon=0.0)
+    assert_close(y, R.forward_train(x, axes, 0.0)[0], np.float32)
+
+
+@pytest.mark.parametrize("shape, axis", [((4096, 96), -1), ((8, 24, 33, 33), 1),
+                                         ((12, 40, 2), [0, 2])])
+def test_results_do_not_depend_on_thread_count(shape, axis, rng):
+    x = rng.normal(size=shape).astype(np.float32)
+    dy = rng.normal(size=shape).astype(np.float32)
+
+    def run():
+        y, cache = F.batch_norm_train(x, axis=axis)
+        return (y, cache.mean, cache.variance) + F.batch_norm_backward(dy, cache)
+
+    saved = numba.get_num_threads()
+    try:
+        numba.set_num_threads(1)
+        one = run()
+        numba.set_num_threads(saved)
+        many = run()
+    finally:
+        numba.set_num_threads(saved)
+    assert saved >= 2
+    for a, b in zip(one, many):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_no_race_on_many_units(rng):
+    """Many units, many threads: partials must not be shared (a race is wrong by tens of %)."""
+    x = rng.normal(3.0, 2.0, size=(100_000, 17)).astype(np.float32)
+    for _ in range(3):
+        mean, var = F.moments(x)
+        np.testing.assert_allclose(mean, x.astype(np.float64).mean(0), rtol=1e-10)
+        np.testing.assert_allclose(var, x.astype(np.float64).var(0), rtol=1e-9)
+
+
+def test_moving_average_matches_reference(rng):
+    moving = rng.normal(size=5).astype(np.float32)
+    stat = rng.normal(size=5)
+    out = F.moving_average(moving, stat, 0.9)
+    assert out.dtype == np.float32
+    assert_close(out, R.moving_update(moving.astype(np.float64), stat, 0.9), np.float32)
+
+
+def test_float16_input_computes_in_float32(rng):
+    x = rng.normal(1.0, 2.0, size=(64, 5)).astype(np.float16)
+    y, cache = F.batch_norm_train(x)
+    assert y.dtype == np.float16
+    assert_close(y, R.forward_train(x.astype(np.float64), (1,), 1e-3)[0], np.float16)
