@@ -78,6 +78,47 @@ def check_float(value, name):
     return float(value)
 
 
+def check_epsilon(value, name="epsilon"):
+    """``epsilon`` as a float: a finite number >= 0."""
+    eps = check_float(value, name)
+    if not (np.isfinite(eps) and eps >= 0):
+        raise ValueError(f"`{name}` must be a finite number >= 0. {received(name, value)}")
+    return eps
+
+
+def check_finite(value, name):
+    """A finite real number as a Python float."""
+    v = check_float(value, name)
+    if not np.isfinite(v):
+        raise ValueError(f"`{name}` must be finite. {received(name, value)}")
+    return v
+
+
+def check_virtual_batch_size(value, name="virtual_batch_size"):
+    """``None`` or a positive int."""
+    if value is None:
+        return None
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"`{name}` must be an int or None. {received(name, value)}")
+    if value <= 0:
+        raise ValueError(f"`{name}` must be a positive integer that divides the true batch size "
+                         f"of the input tensor. {received(name, value)}")
+    return int(value)
+
+
+def as_real_array(value, name, dtype=np.float64):
+    """``value`` as a real float array; ``TypeError`` naming ``name`` for anything else."""
+    try:
+        arr = np.asarray(value)
+    except (TypeError, ValueError):
+        arr = None
+    if value is None or arr is None or arr.dtype.kind not in "fiu":
+        kind = "" if arr is None else f" (got dtype {arr.dtype})"
+        raise TypeError(f"`{name}` must be a real numeric array{kind}. "
+                        f"{received(name, value)}")
+    return arr.astype(dtype)
+
+
 def check_bool(value, name):
     if not isinstance(value, (bool, np.bool_)):
         raise TypeError(f"`{name}` must be a boolean. {received(name, value)}")

@@ -80,9 +80,17 @@ def _prepare(x, axis, virtual_batch_size=None):
     x, device = _validate.as_input_array(x, "x")
     axes = _validate.resolve_axes(axis, x.ndim)
     x = as_compute(x)
+    virtual_batch_size = _validate.check_virtual_batch_size(virtual_batch_size)
     if virtual_batch_size is not None:
         _check_virtual_batch(virtual_batch_size, axes, x.shape)
-    return x, Layout(x.shape, axes, virtual_batch_size), device
+    layout = Layout(x.shape, axes, virtual_batch_size)
+    return x, layout, device
+
+
+def _check_not_empty(layout, x):
+    if layout.count == 0:
+        raise ValueError("Cannot compute batch statistics of an empty batch. "
+                         f"Received: x with shape {tuple(x.shape)}")
 
 
 def as_compute(x):
@@ -107,7 +115,7 @@ def _per_feature_vector(value, channels, name, default):
     """A per-feature argument as a flat float64 ``(C,)`` vector (``default`` when ``None``)."""
     if value is None:
         return np.full(channels, default)
-    v = np.asarray(value, dtype=np.float64)
+    v = _validate.as_real_array(value, name)
     if v.size == 1:
         return np.full(channels, float(v.reshape(())))
     if v.size != channels:
@@ -143,6 +151,7 @@ def moments(x, axis=-1, virtual_batch_size=None):
     ([2.0, 4.0], [1.0, 4.0])
     """
     x, layout, device = _prepare(x, axis, virtual_batch_size)
+    _check_not_empty(layout, x)
     eng = _dispatch.engine(device)
     mean, var = eng.moments(layout.canonical(x), layout.rows_per_sample, layout.groups)
     fshape = tuple(x.shape[a] for a in layout.axes)
@@ -226,10 +235,8 @@ def batch_norm_train(x, gamma=None, beta=None, *, axis=-1, epsilon=1e-3, virtual
     """
     x, dtype_in = _input(x)
     xc, layout, device = _prepare(x, axis, virtual_batch_size)
-    epsilon = _validate.check_float(epsilon, "epsilon")
-    if layout.count == 0:
-        raise ValueError(f"Cannot compute batch statistics of an empty batch. "
-                         f"Received: x with shape {tuple(x.shape)}")
+    epsilon = _validate.check_epsilon(epsilon)
+    _check_not_empty(layout, x)
     xc = layout.canonical(xc)
     mean, var = _dispatch.engine(device).moments(xc, layout.rows_per_sample, layout.groups)
     y, cache = normalize_batch(xc, layout, device, mean, var, epsilon, gamma, beta)
@@ -253,7 +260,10 @@ def batch_norm_infer(x, mean, variance, gamma=None, beta=None, *, axis=-1, epsil
     """
     x, dtype_in = _input(x)
     xc, layout, device = _prepare(x, axis)
-    epsilon = _validate.check_float(epsilon, "epsilon")
+    epsilon = _validate.check_epsilon(epsilon)
+    C = layout.channels
+    mean = _per_feature_vector(mean, C, "mean", 0.0)
+    variance = _per_feature_vector(variance, C, "variance", 1.0)
     y, cache = normalize_moving(layout.canonical(xc), layout, device, mean, variance, epsilon,
                                 gamma, beta)
     return _output(y, dtype_in), cache

@@ -81,10 +81,27 @@ def _policy_name(dtype):
     name = getattr(dtype, "name", dtype)
     if isinstance(name, type) and issubclass(name, np.generic):
         name = np.dtype(name).name
-    if name not in _POLICIES:
+    if not isinstance(name, str) or name not in _POLICIES:
         raise ValueError(
             f"`dtype` must be one of {sorted(_POLICIES)}. Received: dtype={dtype!r}")
     return name
+
+
+def _check_input_shape(input_shape):
+    """A shape as a tuple of non-negative ints (``None`` for an unknown dimension)."""
+    def is_int(d):
+        return isinstance(d, (int, np.integer)) and not isinstance(d, bool)
+    try:
+        dims = tuple(input_shape)
+    except TypeError:
+        dims = None
+    if dims is None or not all(d is None or is_int(d) for d in dims):
+        raise TypeError("`input_shape` must be a tuple of ints (None for unknown dimensions). "
+                        f"Received: input_shape={input_shape!r}")
+    if any(d is not None and d < 0 for d in dims):
+        raise ValueError("`input_shape` cannot have negative dimensions. "
+                         f"Received: input_shape={input_shape!r}")
+    return tuple(None if d is None else int(d) for d in dims)
 
 
 class BatchNormalization:
@@ -161,19 +178,20 @@ class BatchNormalization:
                  gamma_constraint=None, renorm=False, renorm_clipping=None, renorm_momentum=0.99,
                  fused=None, trainable=True, virtual_batch_size=None, adjustment=None, name=None,
                  **kwargs):
+        # The V1 Keras class accepts and drops `synchronized` (cross-replica statistics).
+        synchronized = kwargs.pop("synchronized", False)
+        if synchronized is not False:
+            raise ValueError("`synchronized=True` is not supported by this version of numbabn. "
+                             f"{_validate.received('synchronized', synchronized)}")
         unknown = sorted(set(kwargs) - set(_LAYER_KWARGS))
         if unknown:
             raise TypeError(f"Keyword argument not understood: {unknown[0]!r}. "
                             f"Received: {unknown[0]}={kwargs[unknown[0]]!r}")
-        _validate.check_axis_type(axis)
-        self.axis = list(axis) if isinstance(axis, (list, tuple)) else int(axis)
-        self.momentum = _validate.check_float(momentum, "momentum")
-        self.epsilon = _validate.check_float(epsilon, "epsilon")
-        if not self.epsilon >= 0 or not np.isfinite(self.epsilon):
-            raise ValueError(f"`epsilon` must be a finite number >= 0. "
-                             f"{_validate.received('epsilon', epsilon)}")
-        if not np.isfinite(self.momentum):
-            raise ValueError(f"`momentum` must be finite. {_validate.received('momentum', momentum)}")
+        self._policy = _policy_name(kwargs.get("dtype"))
+        axes = _validate.check_axis_type(axis)
+        self.axis = list(axes) if isinstance(axis, (list, tuple)) else axes[0]
+        self.momentum = _validate.check_finite(momentum, "momentum")
+        self.epsilon = _validate.check_epsilon(epsilon)
         self.center = _validate.check_bool(center, "center")
         self.scale = _validate.check_bool(scale, "scale")
         self.beta_initializer = kc.get_initializer(beta_initializer, "beta_initializer")
@@ -189,22 +207,14 @@ class BatchNormalization:
         self.renorm = _validate.check_bool(renorm, "renorm")
         if self.renorm:
             self.renorm_clipping = self._check_clipping(renorm_clipping)
-            self.renorm_momentum = _validate.check_float(renorm_momentum, "renorm_momentum")
-        if fused not in (None, True, False):
+            self.renorm_momentum = _validate.check_finite(renorm_momentum, "renorm_momentum")
+        if fused is not None and not isinstance(fused, (bool, np.bool_)):
             raise TypeError(f"`fused` must be None, True or False. "
                             f"{_validate.received('fused', fused)}")
-        self.fused = fused
+        self.fused = None if fused is None else bool(fused)
         self._trainable = _validate.check_bool(trainable, "trainable")
+        virtual_batch_size = _validate.check_virtual_batch_size(virtual_batch_size)
         if virtual_batch_size is not None:
-            if (isinstance(virtual_batch_size, (bool, np.bool_))
-                    or not isinstance(virtual_batch_size, (int, np.integer))):
-                raise TypeError("`virtual_batch_size` must be an int or None. "
-                                f"{_validate.received('virtual_batch_size', virtual_batch_size)}")
-            if virtual_batch_size <= 0:
-                raise ValueError(
-                    "`virtual_batch_size` must be a positive integer that divides the true batch "
-                    f"size of the input tensor. Received: virtual_batch_size={virtual_batch_size}")
-            virtual_batch_size = int(virtual_batch_size)
             if adjustment is not None:
                 raise ValueError("When using `virtual_batch_size`, adjustment cannot be specified. "
                                  f"Received: adjustment={adjustment!r}")
@@ -216,7 +226,6 @@ class BatchNormalization:
         if name is not None and not isinstance(name, str):
             raise TypeError(f"`name` must be a string. {_validate.received('name', name)}")
         self.name = name if name else _Names.unique("batch_normalization")
-        self._policy = _policy_name(kwargs.get("dtype"))
         self._compute_dtype, self._param_dtype = (np.dtype(t) for t in _POLICIES[self._policy])
         self._layer_kwargs = {k: v for k, v in kwargs.items() if k != "dtype"}
         self._variables = {}
@@ -284,11 +293,7 @@ class BatchNormalization:
         """
         if self.built:
             return
-        try:
-            shape = tuple(None if d is None else int(d) for d in input_shape)
-        except TypeError as err:
-            raise TypeError("`input_shape` must be a tuple of ints (None for unknown dims). "
-                            f"Received: input_shape={input_shape!r}") from err
+        shape = _check_input_shape(input_shape)
         given = _validate.resolve_axes(self.axis, len(shape), sort=False)
         axes = self._resolve_axes(len(shape))
         if any(shape[a] is None for a in axes):
@@ -302,6 +307,10 @@ class BatchNormalization:
             if self.virtual_batch_size is not None:
                 param_shape = param_shape[:1] + (1,) + param_shape[1:]
         values = self._initial_values(param_shape)
+        initial = self._layer_kwargs.get("weights")
+        if initial is not None:
+            values = dict(zip(values, self._checked_weights(
+                initial, [(f"{self.name}/{k}:0", v.shape) for k, v in values.items()])))
         self._axes = axes
         self._param_shape = param_shape
         self._input_spec = (ndim, {a: shape[a] for a in axes})
@@ -315,14 +324,12 @@ class BatchNormalization:
                 constraint=getattr(self, f"{key}_constraint", None))
         self.axis = list(given)
         self.built = True
-        initial = self._layer_kwargs.get("weights")
-        if initial is not None:
-            self.set_weights(initial)
 
     def _initial_values(self, shape):
         """Every weight's initial value, in Keras' creation order; validated before use."""
         def make(init, name):
-            value = np.asarray(init(shape, self._param_dtype), dtype=self._param_dtype)
+            value = _validate.as_real_array(init(shape, self._param_dtype),
+                                            f"the output of {name}", self._param_dtype)
             if value.shape != shape:
                 raise ValueError(f"`{name}` returned shape {value.shape}, expected {shape}")
             return np.ascontiguousarray(value)
@@ -386,26 +393,30 @@ class BatchNormalization:
         """
         if not self.built:
             raise RuntimeError(f"Layer {self.name!r} has no weights yet: call it or build() first")
-        weights = list(weights)
         variables = list(self._variables.values())
-        if len(weights) != len(variables):
-            raise ValueError(
-                f"You called `set_weights(weights)` on layer {self.name!r} with a weight list of "
-                f"length {len(weights)}, but the layer was expecting {len(variables)} weights. "
-                f"Received: weights of length {len(weights)}")
-        new = []
-        for var, w in zip(variables, weights):
-            w = np.asarray(w)
-            if w.dtype.kind not in "fiu":
-                raise TypeError(f"Weight {var.name!r} must be numeric. "
-                                f"Received: array of dtype {w.dtype}")
-            if w.shape != var.shape and not (w.ndim == 1 and w.size == var.value.size):
-                raise ValueError(
-                    f"Layer {self.name!r} weight shape {var.shape} is not compatible with "
-                    f"provided weight shape {w.shape}. Received: {var.name} of shape {w.shape}")
-            new.append(w.astype(self._param_dtype).reshape(var.shape))
+        new = self._checked_weights(weights, [(v.name, v.shape) for v in variables])
         for var, w in zip(variables, new):
             var.value[...] = w
+
+    def _checked_weights(self, weights, specs):
+        """``weights`` validated against ``specs`` [(name, shape)], as param-dtype arrays."""
+        if isinstance(weights, np.ndarray) or not isinstance(weights, (list, tuple)):
+            raise TypeError(f"`weights` must be a list of arrays. "
+                            f"{_validate.received('weights', weights)}")
+        if len(weights) != len(specs):
+            raise ValueError(
+                f"You called `set_weights(weights)` on layer {self.name!r} with a weight list of "
+                f"length {len(weights)}, but the layer was expecting {len(specs)} weights. "
+                f"Received: weights of length {len(weights)}")
+        new = []
+        for (name, shape), w in zip(specs, weights):
+            w = _validate.as_real_array(w, name, self._param_dtype)
+            if w.shape != shape and not (w.ndim == 1 and w.size == int(np.prod(shape))):
+                raise ValueError(
+                    f"Layer {self.name!r} weight shape {shape} is not compatible with "
+                    f"provided weight shape {w.shape}. Received: {name} of shape {w.shape}")
+            new.append(np.ascontiguousarray(w.reshape(shape)))
+        return new
 
     @property
     def losses(self):
@@ -452,9 +463,9 @@ class BatchNormalization:
         """
         x, device = _validate.as_input_array(inputs, "inputs")
         training = self._check_training(training)
-        axes = self._resolve_axes(x.ndim)
         if self.built:
             self._check_input_spec(x.shape)
+        axes = self._resolve_axes(x.ndim)
         if training:
             if x.size == 0 or any(x.shape[a] == 0 for a in range(x.ndim) if a not in axes):
                 raise ValueError(
@@ -527,7 +538,7 @@ class BatchNormalization:
         feature_shape = tuple(shape[a] if a in self._axes else 1 for a in range(ndim))
         factors = []
         for label, value in zip(("scale", "bias"), out):
-            v = np.asarray(value, dtype=np.float64)
+            v = _validate.as_real_array(value, f"the {label} returned by adjustment")
             try:
                 if v.ndim > ndim:
                     raise ValueError

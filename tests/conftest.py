@@ -10,6 +10,9 @@ os.environ.setdefault("NUMBA_NUM_THREADS", str(max(2, os.cpu_count() or 1)))
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
+# The fixture generator needs TensorFlow, which the suite never imports.
+collect_ignore = ["golden/generate.py"]
+
 # Tolerances are data: one row per compute dtype, used by every comparison in the suite.
 # float32 results are compared with outputs of order 1; float64 with the float64 reference.
 TOLERANCE = {
