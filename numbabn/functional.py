@@ -272,6 +272,9 @@ def batch_norm_infer(x, mean, variance, gamma=None, beta=None, *, axis=-1, epsil
 def batch_norm_backward(dy, cache):
     """Gradients of a :func:`batch_norm_train` / :func:`batch_norm_infer` call.
 
+    The cache refers to the forward input without copying it: do not write into that array
+    before the backward call.
+
     Returns
     -------
     dx : ndarray

@@ -629,6 +629,9 @@ class BatchNormalization:
         (constant) moving statistics. Also sets :attr:`grads` to ``{"gamma": ..., "beta": ...}``
         for the parameters that exist and are trainable (an empty dict when the layer is frozen).
 
+        The layer keeps a reference to the last input (no copy, to keep the forward pass at
+        memory speed): do not write into that array between the call and ``backward``.
+
         Parameters
         ----------
         dy : array
