@@ -53,6 +53,28 @@ class Variable:
     def numpy(self):
         return self.value.copy()
 
+    def assign(self, value):
+        """Overwrite the value in place (same shape; cast to the weight's dtype)."""
+        value = _validate.as_real_array(value, self.name, self.value.dtype)
+        if value.shape != self.value.shape and value.size != self.value.size:
+            raise ValueError(f"Cannot assign a value of shape {value.shape} to {self.name} of "
+                             f"shape {self.value.shape}")
+        self.value[...] = value.reshape(self.value.shape)
+        return self
+
+    def assign_add(self, delta):
+        return self.assign(self.value + np.asarray(delta))
+
+    def assign_sub(self, delta):
+        return self.assign(self.value - np.asarray(delta))
+
+    # ``layer.gamma -= lr * grad`` updates the weight in place.
+    def __iadd__(self, delta):
+        return self.assign_add(delta)
+
+    def __isub__(self, delta):
+        return self.assign_sub(delta)
+
     def __array__(self, dtype=None, copy=None):
         return self.value.copy() if dtype is None else self.value.astype(dtype)
 
@@ -361,12 +383,31 @@ class BatchNormalization:
     # --------------------------------------------------------------------------------------------
     # weights
 
+    _WEIGHT_NAMES = ("gamma", "beta", "moving_mean", "moving_variance", "moving_stddev",
+                     "renorm_mean", "renorm_stddev")
+
     def __getattr__(self, key):
         # gamma, beta, moving_mean, ... as attributes, like the Keras layer's variables.
         variables = self.__dict__.get("_variables", {})
         if key in variables:
             return variables[key]
+        if key in self._WEIGHT_NAMES:
+            hint = ("it is created when the layer is built: call build(input_shape) or the layer "
+                    "first" if not self.__dict__.get("built") else "this layer has no such weight")
+            raise AttributeError(f"{type(self).__name__!r} object has no attribute {key!r} "
+                                 f"({hint})")
         raise AttributeError(f"{type(self).__name__!r} object has no attribute {key!r}")
+
+    def __setattr__(self, key, value):
+        # Rebinding a weight name would hide the weight; in-place updates keep it
+        # (``layer.gamma -= lr * g`` assigns back the same Variable).
+        variables = self.__dict__.get("_variables", {})
+        if key in variables:
+            if value is not variables[key]:
+                raise AttributeError(f"Cannot replace weight {key!r}; update it in place with "
+                                     f"layer.{key}.assign(value) or set_weights()")
+            return
+        object.__setattr__(self, key, value)
 
     @property
     def weights(self):

@@ -275,3 +275,21 @@ def test_initial_weights_keyword(rng):
     layer.build((2, 3))
     for got, want in zip(layer.get_weights(), weights):
         np.testing.assert_array_equal(got, want.astype(np.float32))
+
+
+def test_weights_update_in_place(rng):
+    layer = BN()
+    with pytest.raises(AttributeError, match="build"):
+        layer.gamma
+    x = rng.normal(size=(8, 3)).astype(np.float32)
+    layer(x, training=True)
+    layer.backward(np.ones_like(x))
+    gamma = layer.gamma
+    layer.gamma -= 0.5 * np.ones(3)
+    assert layer.gamma is gamma
+    np.testing.assert_array_equal(layer.get_weights()[0], 0.5)
+    layer.beta.assign([1.0, 2.0, 3.0])
+    np.testing.assert_array_equal(layer.get_weights()[1], [1.0, 2.0, 3.0])
+    with pytest.raises(AttributeError, match="assign"):
+        layer.gamma = np.zeros(3)
+    np.testing.assert_array_equal(layer.get_weights()[0], 0.5)
