@@ -73,16 +73,16 @@ def unit_moments_planes(x, chunk, u_mean, u_m2):
         rem = t - r * C * chunks
         c = rem // chunks
         k = rem - c * chunks
-        i0 = k * chunk
-        i1 = min(i0 + chunk, I)
-        shift = np.float64(x[r, c, i0])
+        n = min(chunk, I - k * chunk)
+        v = x[r, c, k * chunk:k * chunk + n]
+        shift = np.float64(v[0])
         s1 = 0.0
         s2 = 0.0
-        for i in range(i0, i1):
-            d = np.float64(x[r, c, i]) - shift
+        for i in range(n):
+            d = np.float64(v[i]) - shift
             s1 += d
             s2 += d * d
-        mean_d = s1 / (i1 - i0)
+        mean_d = s1 / n
         u_mean[r * chunks + k, c] = shift + mean_d
         u_m2[r * chunks + k, c] = s2 - s1 * mean_d
 
@@ -140,8 +140,11 @@ def affine_planes(x, rows_per_sample, groups, chunk, m, a, b, y):
         mm = m[g, c]
         aa = a[g, c]
         bb = b[g, c]
-        for i in range(k * chunk, min((k + 1) * chunk, I)):
-            y[r, c, i] = (x[r, c, i] - mm) * aa + bb
+        n = min(chunk, I - k * chunk)
+        v = x[r, c, k * chunk:k * chunk + n]
+        w = y[r, c, k * chunk:k * chunk + n]
+        for i in range(n):
+            w[i] = (v[i] - mm) * aa + bb
 
 
 # ------------------------------------------------------------------------------------------------
@@ -181,12 +184,15 @@ def unit_grad_sums_planes(x, dy, rows_per_sample, groups, chunk, mean, u_dy, u_d
         c = rem // chunks
         k = rem - c * chunks
         mm = mean[(r // rows_per_sample) % groups, c]
+        n = min(chunk, I - k * chunk)
+        v = x[r, c, k * chunk:k * chunk + n]
+        dv = dy[r, c, k * chunk:k * chunk + n]
         s1 = 0.0
         s2 = 0.0
-        for i in range(k * chunk, min((k + 1) * chunk, I)):
-            g_ = np.float64(dy[r, c, i])
+        for i in range(n):
+            g_ = np.float64(dv[i])
             s1 += g_
-            s2 += g_ * (np.float64(x[r, c, i]) - mm)
+            s2 += g_ * (np.float64(v[i]) - mm)
         u_dy[r * chunks + k, c] = s1
         u_dyxc[r * chunks + k, c] = s2
 
@@ -234,8 +240,12 @@ def grad_input_planes(x, dy, rows_per_sample, groups, chunk, m, k_dy, k_xc, k_0,
         c1 = k_dy[g, c]
         c2 = k_xc[g, c]
         c3 = k_0[g, c]
-        for i in range(k * chunk, min((k + 1) * chunk, I)):
-            dx[r, c, i] = c1 * dy[r, c, i] + c2 * (x[r, c, i] - mm) + c3
+        n = min(chunk, I - k * chunk)
+        v = x[r, c, k * chunk:k * chunk + n]
+        dv = dy[r, c, k * chunk:k * chunk + n]
+        w = dx[r, c, k * chunk:k * chunk + n]
+        for i in range(n):
+            w[i] = c1 * dv[i] + c2 * (v[i] - mm) + c3
 
 
 # ------------------------------------------------------------------------------------------------
