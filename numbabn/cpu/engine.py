@@ -7,6 +7,9 @@ sample ``n`` belongs to group ``n % groups``. Per-group results are float64 ``(g
 The unit sizes below depend only on the shape, never on the thread count: that is what makes
 results bitwise reproducible across machines with different core counts.
 """
+import math
+import threading
+
 import numpy as np
 
 from . import kernels
@@ -16,18 +19,39 @@ from . import kernels
 UNIT_ELEMENTS = 1 << 16
 # An elementwise task covers about this many elements.
 TASK_ELEMENTS = 1 << 14
+# Below this many elements a kernel runs on the calling thread: waking the pool costs more.
+SERIAL_ELEMENTS = 1 << 15
+
+
+_local = threading.local()
+
+
+def _workspace(role, dtype, *shapes):
+    """Views of a per-thread scratch buffer for ``role``, kept between calls.
+
+    Partials are freshly needed on every call, and a fresh allocation of this size is mapped and
+    zero-filled page by page; reusing one buffer avoids that. Per thread, so concurrent calls from
+    several Python threads never share scratch.
+    """
+    sizes = [math.prod(s) for s in shapes]
+    buffers = _local.__dict__.setdefault("buffers", {})
+    key = (role, np.dtype(dtype))
+    buf = buffers.get(key)
+    if buf is None or buf.size < sum(sizes):
+        buf = buffers[key] = np.empty(sum(sizes), dtype)
+    views, offset = [], 0
+    for shape, size in zip(shapes, sizes):
+        views.append(buf[offset:offset + size].reshape(shape))
+        offset += size
+    return views
+
+
+def _pick(kernel, size):
+    return kernel.serial if size < SERIAL_ELEMENTS else kernel
 
 
 def _row_block(rows, channels, target):
     return max(1, min(rows, target // max(channels, 1)))
-
-
-def _unit_counts(length, block, repeats):
-    """Sizes of ``ceil(length / block)`` consecutive blocks of ``length``, tiled ``repeats`` times."""
-    per = -(-length // block)
-    sizes = np.full(per, block, dtype=np.float64)
-    sizes[-1] = length - (per - 1) * block
-    return np.tile(sizes, repeats), per
 
 
 def moments(x, rows_per_sample, groups):
@@ -43,19 +67,20 @@ def moments(x, rows_per_sample, groups):
     samples = x.shape[0] // rows_per_sample
     if x.ndim == 2:
         block = _row_block(rows_per_sample, C, UNIT_ELEMENTS)
-        counts, per_sample = _unit_counts(rows_per_sample, block, samples)
-        u_mean = np.empty((counts.size, C))
-        u_m2 = np.empty((counts.size, C))
-        kernels.unit_moments_rows(x, rows_per_sample, block, u_mean, u_m2)
+        parts = -(-rows_per_sample // block)
+        units, per_sample, length = samples * parts, parts, rows_per_sample
+        u_mean, u_m2 = _workspace("partials", np.float64, (units, C), (units, C))
+        t1, t2 = _workspace("subsums", x.dtype, (units, C), (units, C))
+        _pick(kernels.unit_moments_rows, x.size)(x, rows_per_sample, block, u_mean, u_m2, t1, t2)
     else:
-        inner = x.shape[2]
-        chunk = min(inner, UNIT_ELEMENTS)
-        counts, per_row = _unit_counts(inner, chunk, x.shape[0])
-        per_sample = per_row * rows_per_sample
-        u_mean = np.empty((counts.size, C))
-        u_m2 = np.empty((counts.size, C))
-        kernels.unit_moments_planes(x, chunk, u_mean, u_m2)
-    kernels.merge_moments(u_mean, u_m2, counts, per_sample, groups, mean, m2)
+        length = x.shape[2]
+        block = min(length, UNIT_ELEMENTS)
+        parts = -(-length // block)
+        units, per_sample = x.shape[0] * parts, parts * rows_per_sample
+        u_mean, u_m2 = _workspace("partials", np.float64, (units, C), (units, C))
+        _pick(kernels.unit_moments_planes, x.size)(x, block, u_mean, u_m2)
+    _pick(kernels.merge_moments, u_mean.size)(u_mean, u_m2, per_sample, parts, length, block,
+                                              groups, mean, m2)
     m2 /= count
     return mean, m2
 
@@ -75,17 +100,20 @@ def split_center(m, a, b, dtype):
 
 
 def affine(x, rows_per_sample, groups, m, a, b, out=None):
-    """``(x - m) * a + b`` per (group, feature); coefficients float64 ``(groups, C)``."""
+    """``(x - m) * a + b`` per (group, feature); coefficients float64 ``(groups, C)``.
+
+    ``out``, when given, is a C-contiguous array of ``x``'s shape and dtype to write into.
+    """
     out = np.empty_like(x) if out is None else out
     m, a, b = split_center(m, a, b, x.dtype)
     if x.size == 0:
         return out
     if x.ndim == 2:
         block = _row_block(x.shape[0], x.shape[1], TASK_ELEMENTS)
-        kernels.affine_rows(x, rows_per_sample, groups, block, m, a, b, out)
+        _pick(kernels.affine_rows, x.size)(x, rows_per_sample, groups, block, m, a, b, out)
     else:
-        kernels.affine_planes(x, rows_per_sample, groups, min(x.shape[2], TASK_ELEMENTS),
-                              m, a, b, out)
+        _pick(kernels.affine_planes, x.size)(x, rows_per_sample, groups,
+                                             min(x.shape[2], TASK_ELEMENTS), m, a, b, out)
     return out
 
 
@@ -101,34 +129,43 @@ def grad_sums(x, dy, rows_per_sample, groups, mean):
     if x.ndim == 2:
         block = _row_block(rows_per_sample, C, UNIT_ELEMENTS)
         per_sample = -(-rows_per_sample // block)
-        u_dy = np.empty((samples * per_sample, C))
-        u_dyxc = np.empty((samples * per_sample, C))
-        kernels.unit_grad_sums_rows(x, dy, rows_per_sample, groups, block, mean, u_dy, u_dyxc)
+        units = samples * per_sample
+        u_dy, u_dyxc = _workspace("partials", np.float64, (units, C), (units, C))
+        t1, t2 = _workspace("subsums", x.dtype, (units, C), (units, C))
+        m_hi = mean.astype(x.dtype)
+        _pick(kernels.unit_grad_sums_rows, x.size)(x, dy, rows_per_sample, groups, block, m_hi,
+                                                   u_dy, u_dyxc, t1, t2)
     else:
         inner = x.shape[2]
         chunk = min(inner, UNIT_ELEMENTS)
         per_row = -(-inner // chunk)
         per_sample = per_row * rows_per_sample
-        u_dy = np.empty((x.shape[0] * per_row, C))
-        u_dyxc = np.empty((x.shape[0] * per_row, C))
-        kernels.unit_grad_sums_planes(x, dy, rows_per_sample, groups, chunk, mean, u_dy, u_dyxc)
-    kernels.merge_sums(u_dy, u_dyxc, per_sample, groups, sum_dy, sum_dyxc)
+        u_dy, u_dyxc = _workspace("partials", np.float64, (x.shape[0] * per_row, C),
+                                  (x.shape[0] * per_row, C))
+        _pick(kernels.unit_grad_sums_planes, x.size)(x, dy, rows_per_sample, groups, chunk, mean,
+                                                     u_dy, u_dyxc)
+    _pick(kernels.merge_sums, u_dy.size)(u_dy, u_dyxc, per_sample, groups, sum_dy, sum_dyxc)
+    if x.ndim == 2:
+        # the rows kernel centred on the rounded mean: sum(dy*(x-m)) = sum(dy*(x-m_hi)) - lo*sum(dy)
+        sum_dyxc -= (mean - m_hi) * sum_dy
     return sum_dy, sum_dyxc
 
 
-def grad_input(x, dy, rows_per_sample, groups, m, k_dy, k_xc, k_0):
+def grad_input(x, dy, rows_per_sample, groups, m, k_dy, k_xc, k_0, out=None):
     """``k_dy * dy + k_xc * (x - m) + k_0`` with ``(groups, C)`` coefficients."""
-    dx = np.empty_like(x)
+    dx = np.empty_like(x) if out is None else out
     if x.size == 0:
         return dx
     m, k_xc, k_0 = split_center(m, k_xc, k_0, x.dtype)
     k_dy = np.ascontiguousarray(k_dy, dtype=x.dtype)
     if x.ndim == 2:
         block = _row_block(x.shape[0], x.shape[1], TASK_ELEMENTS)
-        kernels.grad_input_rows(x, dy, rows_per_sample, groups, block, m, k_dy, k_xc, k_0, dx)
+        _pick(kernels.grad_input_rows, x.size)(x, dy, rows_per_sample, groups, block, m, k_dy,
+                                               k_xc, k_0, dx)
     else:
-        kernels.grad_input_planes(x, dy, rows_per_sample, groups, min(x.shape[2], TASK_ELEMENTS),
-                                  m, k_dy, k_xc, k_0, dx)
+        _pick(kernels.grad_input_planes, x.size)(x, dy, rows_per_sample, groups,
+                                                 min(x.shape[2], TASK_ELEMENTS), m, k_dy, k_xc,
+                                                 k_0, dx)
     return dx
 
 

@@ -21,6 +21,8 @@ pairwise formula for (count, mean, M2).
 Kernels take arrays and scalars only: no type checks, no allocation policy (the caller owns every
 output and scratch buffer), no validation.
 """
+from types import FunctionType
+
 import numpy as np
 from numba import njit, prange
 
@@ -28,39 +30,72 @@ from numba import njit, prange
 _FASTMATH = {"reassoc", "contract", "arcp", "nsz"}
 _PAR = dict(parallel=True, cache=True, nogil=True, fastmath=_FASTMATH)
 _SEQ = dict(cache=True, nogil=True)
+# Rows of x.dtype summed before each float64 accumulation in the channels-last reductions: the
+# inner loop then runs at the input's vector width (8 float32 lanes, not 4 float64 ones).
+SUB_ROWS = 16
+
+
+def _parallel_and_serial(fn):
+    """Compile ``fn`` with ``prange`` parallel, and attach a serial twin as ``.serial``.
+
+    Waking the thread pool costs microseconds that small inputs cannot repay, so the engine runs
+    those serially. The twin gets its own qualified name so that the two compilations never share
+    an on-disk cache entry (Numba keys cache files by qualified name, not by flags).
+    """
+    parallel = njit(**_PAR)(fn)
+    twin = FunctionType(fn.__code__, fn.__globals__, fn.__name__ + "_serial", fn.__defaults__,
+                        fn.__closure__)
+    twin.__qualname__ = fn.__qualname__ + "_serial"
+    twin.__doc__ = fn.__doc__
+    parallel.serial = njit(**dict(_SEQ, fastmath=_FASTMATH))(twin)
+    return parallel
 
 
 # ------------------------------------------------------------------------------------------------
 # moments: per-unit shifted sums, then a Chan merge per group
 
 
-@njit(**_PAR)
-def unit_moments_rows(x, rows_per_sample, block, u_mean, u_m2):
-    """Per-unit mean and M2 of ``x[R, C]``; unit = up to ``block`` rows of one sample."""
+@_parallel_and_serial
+def unit_moments_rows(x, rows_per_sample, block, u_mean, u_m2, t1, t2):
+    """Per-unit mean and M2 of ``x[R, C]``; unit = up to ``block`` rows of one sample.
+
+    ``t1``, ``t2`` are ``(units, C)`` scratch rows in ``x``'s dtype: ``SUB_ROWS`` shifted rows
+    are summed there before each float64 accumulation.
+    """
     R, C = x.shape
     per_sample = (rows_per_sample + block - 1) // block
     units = (R // rows_per_sample) * per_sample
     for u in prange(units):
         n = u // per_sample
         r0 = n * rows_per_sample + (u - n * per_sample) * block
-        r1 = min(r0 + block, (n + 1) * rows_per_sample)
+        count = min(block, (n + 1) * rows_per_sample - r0)
         s1 = u_mean[u]
         s2 = u_m2[u]
+        a1 = t1[u]
+        a2 = t2[u]
         s1[:] = 0.0
         s2[:] = 0.0
-        for r in range(r0, r1):
+        shift = x[r0]
+        for j0 in range(0, count, SUB_ROWS):
+            a1[:] = 0.0
+            a2[:] = 0.0
+            for j in range(min(SUB_ROWS, count - j0)):
+                xr = x[r0 + j0 + j]
+                for c in range(C):
+                    d = xr[c] - shift[c]          # exact for x near the shift (Sterbenz)
+                    a1[c] += d
+                    a2[c] += d * d
             for c in range(C):
-                d = np.float64(x[r, c]) - np.float64(x[r0, c])
-                s1[c] += d
-                s2[c] += d * d
-        inv_count = 1.0 / (r1 - r0)
+                s1[c] += np.float64(a1[c])
+                s2[c] += np.float64(a2[c])
+        inv_count = 1.0 / count
         for c in range(C):
             mean_d = s1[c] * inv_count
             s2[c] = s2[c] - s1[c] * mean_d
-            s1[c] = np.float64(x[r0, c]) + mean_d
+            s1[c] = np.float64(shift[c]) + mean_d
 
 
-@njit(**_PAR)
+@_parallel_and_serial
 def unit_moments_planes(x, chunk, u_mean, u_m2):
     """Per-unit mean and M2 of ``x[R, C, I]``; unit = up to ``chunk`` values of one plane.
 
@@ -87,9 +122,13 @@ def unit_moments_planes(x, chunk, u_mean, u_m2):
         u_m2[r * chunks + k, c] = s2 - s1 * mean_d
 
 
-@njit(**_PAR)
-def merge_moments(u_mean, u_m2, u_count, units_per_sample, groups, mean, m2):
-    """Chan-merge the units of each group in sample order: ``mean[G, C]``, ``m2[G, C]``."""
+@_parallel_and_serial
+def merge_moments(u_mean, u_m2, units_per_sample, parts, length, block, groups, mean, m2):
+    """Chan-merge the units of each group in sample order: ``mean[G, C]``, ``m2[G, C]``.
+
+    Unit ``u`` covers block ``u % parts`` of a run of ``length`` values cut into ``parts`` blocks
+    of ``block`` (rows of a sample, or values of a plane), which gives its count.
+    """
     U, C = u_mean.shape
     samples = U // units_per_sample
     for g in prange(groups):
@@ -100,14 +139,16 @@ def merge_moments(u_mean, u_m2, u_count, units_per_sample, groups, mean, m2):
         n_a = 0.0
         for s in range(g, samples, groups):
             for u in range(s * units_per_sample, (s + 1) * units_per_sample):
-                n_b = u_count[u]
+                n_b = np.float64(min(block, length - (u % parts) * block))
                 n_ab = n_a + n_b
                 w = n_b / n_ab
                 cross = n_a * w
+                um = u_mean[u]
+                u2 = u_m2[u]
                 for c in range(C):
-                    delta = u_mean[u, c] - acc_mean[c]
+                    delta = um[c] - acc_mean[c]
                     acc_mean[c] += delta * w
-                    acc_m2[c] += u_m2[u, c] + delta * delta * cross
+                    acc_m2[c] += u2[c] + delta * delta * cross
                 n_a = n_ab
 
 
@@ -115,18 +156,19 @@ def merge_moments(u_mean, u_m2, u_count, units_per_sample, groups, mean, m2):
 # elementwise: y = (x - m) * a + b, per (group, feature)
 
 
-@njit(**_PAR)
+@_parallel_and_serial
 def affine_rows(x, rows_per_sample, groups, block, m, a, b, y):
     """``y[r, c] = (x[r, c] - m[g, c]) * a[g, c] + b[g, c]`` with ``g`` the row's group."""
     R, C = x.shape
     for t in prange((R + block - 1) // block):
         for r in range(t * block, min((t + 1) * block, R)):
             g = (r // rows_per_sample) % groups
+            xr, yr, mg, ag, bg = x[r], y[r], m[g], a[g], b[g]
             for c in range(C):
-                y[r, c] = (x[r, c] - m[g, c]) * a[g, c] + b[g, c]
+                yr[c] = (xr[c] - mg[c]) * ag[c] + bg[c]
 
 
-@njit(**_PAR)
+@_parallel_and_serial
 def affine_planes(x, rows_per_sample, groups, chunk, m, a, b, y):
     """``y[r, c, i] = (x[r, c, i] - m[g, c]) * a[g, c] + b[g, c]`` with ``g`` the row's group."""
     R, C, I = x.shape
@@ -151,29 +193,41 @@ def affine_planes(x, rows_per_sample, groups, chunk, m, a, b, y):
 # backward: per-unit sums of dy and dy * (x - mean), merged per group; then dx elementwise
 
 
-@njit(**_PAR)
-def unit_grad_sums_rows(x, dy, rows_per_sample, groups, block, mean, u_dy, u_dyxc):
-    """Per-unit ``sum(dy)`` and ``sum(dy * (x - mean[g]))`` over row blocks of ``x[R, C]``."""
+@_parallel_and_serial
+def unit_grad_sums_rows(x, dy, rows_per_sample, groups, block, m, u_dy, u_dyxc, t1, t2):
+    """Per-unit ``sum(dy)`` and ``sum(dy * (x - m[g]))`` over row blocks of ``x[R, C]``.
+
+    ``m`` is the mean in ``x``'s dtype; ``t1``, ``t2`` are scratch as in ``unit_moments_rows``.
+    """
     R, C = x.shape
     per_sample = (rows_per_sample + block - 1) // block
     units = (R // rows_per_sample) * per_sample
     for u in prange(units):
         n = u // per_sample
-        g = n % groups
+        mg = m[n % groups]
         r0 = n * rows_per_sample + (u - n * per_sample) * block
-        r1 = min(r0 + block, (n + 1) * rows_per_sample)
+        count = min(block, (n + 1) * rows_per_sample - r0)
         s1 = u_dy[u]
         s2 = u_dyxc[u]
+        a1 = t1[u]
+        a2 = t2[u]
         s1[:] = 0.0
         s2[:] = 0.0
-        for r in range(r0, r1):
+        for j0 in range(0, count, SUB_ROWS):
+            a1[:] = 0.0
+            a2[:] = 0.0
+            for j in range(min(SUB_ROWS, count - j0)):
+                xr = x[r0 + j0 + j]
+                gr = dy[r0 + j0 + j]
+                for c in range(C):
+                    a1[c] += gr[c]
+                    a2[c] += gr[c] * (xr[c] - mg[c])
             for c in range(C):
-                g_ = np.float64(dy[r, c])
-                s1[c] += g_
-                s2[c] += g_ * (np.float64(x[r, c]) - mean[g, c])
+                s1[c] += np.float64(a1[c])
+                s2[c] += np.float64(a2[c])
 
 
-@njit(**_PAR)
+@_parallel_and_serial
 def unit_grad_sums_planes(x, dy, rows_per_sample, groups, chunk, mean, u_dy, u_dyxc):
     """Per-unit ``sum(dy)`` and ``sum(dy * (x - mean[g]))`` over plane chunks of ``x[R, C, I]``."""
     R, C, I = x.shape
@@ -197,7 +251,7 @@ def unit_grad_sums_planes(x, dy, rows_per_sample, groups, chunk, mean, u_dy, u_d
         u_dyxc[r * chunks + k, c] = s2
 
 
-@njit(**_PAR)
+@_parallel_and_serial
 def merge_sums(u_a, u_b, units_per_sample, groups, a, b):
     """Sum the units of each group in sample order: ``a[G, C]``, ``b[G, C]``."""
     U, C = u_a.shape
@@ -214,18 +268,20 @@ def merge_sums(u_a, u_b, units_per_sample, groups, a, b):
                     acc_b[c] += u_b[u, c]
 
 
-@njit(**_PAR)
+@_parallel_and_serial
 def grad_input_rows(x, dy, rows_per_sample, groups, block, m, k_dy, k_xc, k_0, dx):
     """``dx = k_dy * dy + k_xc * (x - m) + k_0``, coefficients per (group, feature)."""
     R, C = x.shape
     for t in prange((R + block - 1) // block):
         for r in range(t * block, min((t + 1) * block, R)):
             g = (r // rows_per_sample) % groups
+            xr, gr, dr, mg = x[r], dy[r], dx[r], m[g]
+            c1, c2, c3 = k_dy[g], k_xc[g], k_0[g]
             for c in range(C):
-                dx[r, c] = k_dy[g, c] * dy[r, c] + k_xc[g, c] * (x[r, c] - m[g, c]) + k_0[g, c]
+                dr[c] = c1[c] * gr[c] + c2[c] * (xr[c] - mg[c]) + c3[c]
 
 
-@njit(**_PAR)
+@_parallel_and_serial
 def grad_input_planes(x, dy, rows_per_sample, groups, chunk, m, k_dy, k_xc, k_0, dx):
     """``dx = k_dy * dy + k_xc * (x - m) + k_0`` on planes, coefficients per (group, feature)."""
     R, C, I = x.shape
