@@ -15,6 +15,7 @@ from . import __version__
 COMMANDS = {
     "demo": ("numbabn.demo",
              "train a small MLP on handwritten digits with and without batch normalization"),
+    "bench": ("numbabn.bench", "time the layer against a memory roofline, NumPy, PyTorch, TF"),
 }
 
 

@@ -7,6 +7,8 @@ device.
 """
 import numpy as np
 
+from . import cpu as _cpu
+
 CPU = "cpu"
 CUDA = "cuda"
 
@@ -29,8 +31,7 @@ def device_of(x):
 def engine(device):
     """The engine module for ``device``."""
     if device == CPU:
-        from . import cpu
-        return cpu
+        return _cpu
     raise NotImplementedError(
         "the CUDA engine is not available in this version of numbabn; "
         "pass NumPy arrays or convert with cupy.asnumpy()")

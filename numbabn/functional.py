@@ -48,12 +48,12 @@ class BatchNormCache:
         Whether the gradient flows through the batch statistics.
     """
 
-    def __init__(self, *, x, layout, device, training, mean, inv_std, scale, adj_scale, adj_bias,
+    def __init__(self, *, x, layout, device, training, mean, inv_std, gamma, adj_scale, adj_bias,
                  r, d, epsilon, dtype):
         self.x, self.layout, self.device, self.training = x, layout, device, training
         self._mean, self._inv_std = mean, inv_std
-        self._scale, self._adj_scale, self._adj_bias, self._r, self._d = (
-            scale, adj_scale, adj_bias, r, d)
+        self._gamma, self._adj_scale, self._adj_bias, self._r, self._d = (
+            gamma, adj_scale, adj_bias, r, d)
         self.epsilon, self.dtype = epsilon, dtype
         self.feature_shape = tuple(layout.shape[a] for a in layout.axes)
 
@@ -111,10 +111,28 @@ def _check_virtual_batch(vbs, axes, shape):
             f"{shape[0] if shape else 0}")
 
 
+_CONSTANTS = {}
+
+
+def _constant(channels, value):
+    """A read-only ``(C,)`` float64 vector of ``value``, shared between calls."""
+    key = (channels, value)
+    v = _CONSTANTS.get(key)
+    if v is None:
+        if len(_CONSTANTS) > 64:
+            _CONSTANTS.clear()
+        v = _CONSTANTS[key] = np.full(channels, value)
+        v.flags.writeable = False
+    return v
+
+
 def _per_feature_vector(value, channels, name, default):
-    """A per-feature argument as a flat float64 ``(C,)`` vector (``default`` when ``None``)."""
+    """A per-feature argument as a flat float ``(C,)`` vector (``default`` when ``None``)."""
     if value is None:
-        return np.full(channels, default)
+        return _constant(channels, default)
+    if (isinstance(value, np.ndarray) and value.ndim == 1 and value.size == channels
+            and value.dtype == np.float64):
+        return value                          # already a per-feature vector: no copy
     v = _validate.as_real_array(value, name)
     if v.size == 1:
         return np.full(channels, float(v.reshape(())))
@@ -160,13 +178,15 @@ def moments(x, axis=-1, virtual_batch_size=None):
 
 
 def normalize_batch(xc, layout, device, mean, var, epsilon, gamma=None, beta=None, r=None, d=None,
-                    adj_scale=None, adj_bias=None):
+                    adj_scale=None, adj_bias=None, out=None):
     """Training normalization of a canonical compute-dtype ``xc`` with given group statistics.
 
     ``y = gamma * (adj_scale * (r * xhat + d) + adj_bias) + beta`` where ``xhat`` uses
     ``mean``/``var`` (float64, ``(G, C)``) and every per-feature factor is a ``(C,)`` vector or
     ``None`` (absent). Returns ``(y, cache)``. This is the building block the layer uses after
-    it has computed the statistics (and from them, renorm's ``r`` and ``d``).
+    it has computed the statistics (and from them, renorm's ``r`` and ``d``). ``out``: an array
+    of the input's shape and ``xc``'s dtype to write ``y`` into (only for layouts without a
+    transposition).
     """
     C = layout.channels
     g = _per_feature_vector(gamma, C, "gamma", 1.0)
@@ -175,30 +195,39 @@ def normalize_batch(xc, layout, device, mean, var, epsilon, gamma=None, beta=Non
     d_ = _per_feature_vector(d, C, "d", 0.0)
     s_ = _per_feature_vector(adj_scale, C, "adj_scale", 1.0)
     a_ = _per_feature_vector(adj_bias, C, "adj_bias", 0.0)
-    inv_std = 1.0 / np.sqrt(var + epsilon)
-    scale = g * s_ * r_
-    shift = g * (s_ * d_ + a_) + b
-    y = _dispatch.engine(device).affine(xc, layout.rows_per_sample, layout.groups, mean,
-                                        scale * inv_std, np.broadcast_to(shift, inv_std.shape))
+    y, inv_std = _dispatch.engine(device).normalize(
+        xc, layout.rows_per_sample, layout.groups, mean, var, epsilon, g, b, r_, d_, s_, a_,
+        out=_canonical_out(out, layout))
     cache = BatchNormCache(x=xc, layout=layout, device=device, training=True, mean=mean,
-                           inv_std=inv_std, scale=scale, adj_scale=s_, adj_bias=a_, r=r_, d=d_,
+                           inv_std=inv_std, gamma=g, adj_scale=s_, adj_bias=a_, r=r_, d=d_,
                            epsilon=epsilon, dtype=xc.dtype)
-    return layout.restore(y), cache
+    return _result(y, out, layout), cache
 
 
-def normalize_moving(xc, layout, device, moving_mean, moving_var, epsilon, gamma=None, beta=None):
+def _canonical_out(out, layout):
+    return None if out is None else out.reshape(layout.canonical_shape)
+
+
+def _result(y, out, layout):
+    return layout.restore(y) if out is None else out
+
+
+def normalize_moving(xc, layout, device, moving_mean, moving_var, epsilon, gamma=None, beta=None,
+                     out=None):
     """Inference normalization of a canonical compute-dtype ``xc`` by moving statistics."""
     C = layout.channels
     mm = _per_feature_vector(moving_mean, C, "moving_mean", 0.0)[None]
-    inv_std = 1.0 / np.sqrt(_per_feature_vector(moving_var, C, "moving_variance", 1.0) + epsilon)[None]
+    mv = _per_feature_vector(moving_var, C, "moving_variance", 1.0)[None]
     g = _per_feature_vector(gamma, C, "gamma", 1.0)
-    b = _per_feature_vector(beta, C, "beta", 0.0)[None]
-    y = _dispatch.engine(device).affine(xc, layout.rows_per_sample, 1, mm, g * inv_std, b)
-    ones, zeros = np.ones(C), np.zeros(C)
+    b = _per_feature_vector(beta, C, "beta", 0.0)
+    ones, zeros = _constant(C, 1.0), _constant(C, 0.0)
+    y, inv_std = _dispatch.engine(device).normalize(
+        xc, layout.rows_per_sample, 1, mm, mv, epsilon, g, b, ones, zeros, ones, zeros,
+        out=_canonical_out(out, layout))
     cache = BatchNormCache(x=xc, layout=layout, device=device, training=False, mean=mm,
-                           inv_std=inv_std, scale=g, adj_scale=ones, adj_bias=zeros, r=ones,
+                           inv_std=inv_std, gamma=g, adj_scale=ones, adj_bias=zeros, r=ones,
                            d=zeros, epsilon=epsilon, dtype=xc.dtype)
-    return layout.restore(y), cache
+    return _result(y, out, layout), cache
 
 
 def batch_norm_train(x, gamma=None, beta=None, *, axis=-1, epsilon=1e-3, virtual_batch_size=None):
@@ -293,27 +322,18 @@ def batch_norm_backward(dy, cache):
         cache.feature_shape)
 
 
-def backward(dy, cache):
-    """Gradients for a compute-dtype ``dy``: ``(dx, dgamma (C,), dbeta (C,))``."""
-    layout, eng = cache.layout, _dispatch.engine(cache.device)
-    dyc = layout.canonical(dy)
-    P = layout.rows_per_sample
+def backward(dy, cache, out=None):
+    """Gradients for a compute-dtype ``dy``: ``(dx, dgamma (C,), dbeta (C,))``.
+
+    ``out``: as in :func:`normalize_batch`, an array to write ``dx`` into.
+    """
+    layout = cache.layout
     groups = layout.groups if cache.training else 1
-    sum_dy, sum_dyxc = eng.grad_sums(cache.x, dyc, P, groups, cache._mean)
-    inv = cache._inv_std
-    sum_dy_xhat = sum_dyxc * inv
-    if cache.training:
-        n = layout.count
-        k_dy = cache._scale * inv
-        dx = eng.grad_input(cache.x, dyc, P, groups, cache._mean, k_dy,
-                            -k_dy * inv * inv * sum_dyxc / n, -k_dy * sum_dy / n)
-        dgamma = (cache._adj_scale * (cache._r * sum_dy_xhat + cache._d * sum_dy)
-                  + cache._adj_bias * sum_dy).sum(axis=0)
-    else:
-        zeros = np.zeros_like(inv)
-        dx = eng.affine(dyc, P, 1, zeros, cache._scale * inv, zeros)
-        dgamma = sum_dy_xhat.sum(axis=0)
-    return layout.restore(dx), dgamma, sum_dy.sum(axis=0)
+    dx, dgamma, dbeta = _dispatch.engine(cache.device).backward(
+        cache.x, layout.canonical(dy), layout.rows_per_sample, groups, cache._mean,
+        cache._inv_std, layout.count, cache.training, cache._gamma, cache._r, cache._d,
+        cache._adj_scale, cache._adj_bias, out=_canonical_out(out, layout))
+    return _result(dx, out, layout), dgamma, dbeta
 
 
 def moving_average(moving, batch_stat, momentum):

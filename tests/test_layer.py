@@ -293,3 +293,33 @@ def test_weights_update_in_place(rng):
     with pytest.raises(AttributeError, match="assign"):
         layer.gamma = np.zeros(3)
     np.testing.assert_array_equal(layer.get_weights()[0], 0.5)
+
+
+@pytest.mark.parametrize("shape, axis", [((64, 5), -1), ((4, 3, 6, 6), 1)])
+def test_reused_outputs_never_change_arrays_the_caller_holds(shape, axis, rng):
+    """Output arrays are recycled only once nothing outside the layer refers to them."""
+    layer = BN(axis=axis)
+    xs = [rng.normal(size=shape).astype(np.float32) for _ in range(6)]
+    held = layer(xs[0], training=True)
+    want_held = held.copy()
+    view = layer(xs[1], training=True)[:2]          # only a view survives
+    want_view = view.copy()
+    dxs = []
+    for x in xs[2:]:
+        y = layer(x, training=True)
+        dxs.append((layer.backward(np.ones_like(y)), y))
+    np.testing.assert_array_equal(held, want_held)
+    np.testing.assert_array_equal(view, want_view)
+    for (dx, y), x in zip(dxs, xs[2:]):
+        assert_close(y, R.forward_train(x, (layer.axis[0],), 1e-3)[0])
+    del held, view, dxs, y
+    ids = set()
+    for x in xs:                                     # dropped outputs do come back
+        ids.add(id(layer(x, training=False)))
+    assert len(ids) <= 2
+    layer.reuse_outputs = False
+    a = layer(xs[0], training=False)
+    del a
+    b = layer(xs[0], training=False)
+    c = layer(xs[0], training=False)
+    assert b is not c

@@ -1,4 +1,4 @@
 """The CPU engine: Numba kernels behind a small array-in, array-out interface."""
-from .engine import affine, grad_input, grad_sums, moments, moving_average
+from .engine import backward, moments, moving_average, normalize
 
-__all__ = ["moments", "affine", "grad_sums", "grad_input", "moving_average"]
+__all__ = ["moments", "normalize", "backward", "moving_average"]

@@ -33,17 +33,25 @@ def _workspace(role, dtype, *shapes):
     zero-filled page by page; reusing one buffer avoids that. Per thread, so concurrent calls from
     several Python threads never share scratch.
     """
-    sizes = [math.prod(s) for s in shapes]
+    views = _local.__dict__.setdefault("views", {})
+    key = (role, dtype, shapes)
+    found = views.get(key)
+    if found is not None:
+        return found
     buffers = _local.__dict__.setdefault("buffers", {})
-    key = (role, np.dtype(dtype))
-    buf = buffers.get(key)
+    sizes = [math.prod(s) for s in shapes]
+    buf = buffers.get((role, dtype))
     if buf is None or buf.size < sum(sizes):
-        buf = buffers[key] = np.empty(sum(sizes), dtype)
-    views, offset = [], 0
+        buf = buffers[(role, dtype)] = np.empty(sum(sizes), dtype)
+        views.clear()                         # views of the old buffer are stale
+    found, offset = [], 0
     for shape, size in zip(shapes, sizes):
-        views.append(buf[offset:offset + size].reshape(shape))
+        found.append(buf[offset:offset + size].reshape(shape))
         offset += size
-    return views
+    if len(views) > 32:
+        views.clear()
+    views[key] = found
+    return found
 
 
 def _pick(kernel, size):
@@ -85,36 +93,28 @@ def moments(x, rows_per_sample, groups):
     return mean, m2
 
 
-def split_center(m, a, b, dtype):
-    """Coefficients in ``dtype`` for ``(x - m) * a + b`` with ``m`` kept to float64 accuracy.
+def normalize(x, rows_per_sample, groups, mean, var, epsilon, gamma, beta, r, d, adj_scale,
+              adj_bias, out=None):
+    """``gamma * (adj_scale * (r * xhat + d) + adj_bias) + beta``, and ``1 / sqrt(var + eps)``.
 
-    ``m`` is rounded to ``m_hi`` in ``dtype``; the remainder ``m - m_hi`` moves into the offset.
-    ``x - m_hi`` is exact when x is near the mean (Sterbenz), so a float32 output stays right to
-    float32 rounding even when |mean| >> std.
+    ``mean``/``var`` are float64 ``(groups, C)``, the factors ``(C,)`` vectors. Returns
+    ``(y, inv_std)``.
     """
-    m = np.asarray(m, dtype=np.float64)
-    m_hi = m.astype(dtype)
-    b = np.asarray(b, dtype=np.float64) - (m - m_hi) * np.asarray(a, dtype=np.float64)
-    return (np.ascontiguousarray(m_hi), np.ascontiguousarray(a, dtype=dtype),
-            np.ascontiguousarray(b, dtype=dtype))
-
-
-def affine(x, rows_per_sample, groups, m, a, b, out=None):
-    """``(x - m) * a + b`` per (group, feature); coefficients float64 ``(groups, C)``.
-
-    ``out``, when given, is a C-contiguous array of ``x``'s shape and dtype to write into.
-    """
+    G, C = mean.shape
+    inv_std = np.empty((G, C))
+    m_hi, a, b = np.empty((3, G, C), dtype=x.dtype)
+    kernels.affine_coefficients(mean, var, epsilon, gamma, beta, r, d, adj_scale, adj_bias,
+                                inv_std, m_hi, a, b)
     out = np.empty_like(x) if out is None else out
-    m, a, b = split_center(m, a, b, x.dtype)
     if x.size == 0:
-        return out
+        return out, inv_std
     if x.ndim == 2:
         block = _row_block(x.shape[0], x.shape[1], TASK_ELEMENTS)
-        _pick(kernels.affine_rows, x.size)(x, rows_per_sample, groups, block, m, a, b, out)
+        _pick(kernels.affine_rows, x.size)(x, rows_per_sample, groups, block, m_hi, a, b, out)
     else:
         _pick(kernels.affine_planes, x.size)(x, rows_per_sample, groups,
-                                             min(x.shape[2], TASK_ELEMENTS), m, a, b, out)
-    return out
+                                             min(x.shape[2], TASK_ELEMENTS), m_hi, a, b, out)
+    return out, inv_std
 
 
 def grad_sums(x, dy, rows_per_sample, groups, mean):
@@ -151,27 +151,39 @@ def grad_sums(x, dy, rows_per_sample, groups, mean):
     return sum_dy, sum_dyxc
 
 
-def grad_input(x, dy, rows_per_sample, groups, m, k_dy, k_xc, k_0, out=None):
-    """``k_dy * dy + k_xc * (x - m) + k_0`` with ``(groups, C)`` coefficients."""
+def backward(x, dy, rows_per_sample, groups, mean, inv_std, count, training, gamma, r, d,
+             adj_scale, adj_bias, out=None):
+    """Input and parameter gradients of :func:`normalize` (``training``) or of inference.
+
+    Returns ``(dx, dgamma (C,), dbeta (C,))``; ``mean``/``inv_std`` are those of the forward pass.
+    """
+    G, C = mean.shape
+    sum_dy, sum_dyxc = grad_sums(x, dy, rows_per_sample, groups, mean)
+    m_hi, k_dy, k_xc, k_0 = np.empty((4, G, C), dtype=x.dtype)
+    dgamma, dbeta = np.empty(C), np.empty(C)
+    kernels.grad_coefficients(sum_dy, sum_dyxc, mean, inv_std, float(count), training, gamma, r,
+                              d, adj_scale, adj_bias, m_hi, k_dy, k_xc, k_0, dgamma, dbeta)
     dx = np.empty_like(x) if out is None else out
     if x.size == 0:
-        return dx
-    m, k_xc, k_0 = split_center(m, k_xc, k_0, x.dtype)
-    k_dy = np.ascontiguousarray(k_dy, dtype=x.dtype)
-    if x.ndim == 2:
-        block = _row_block(x.shape[0], x.shape[1], TASK_ELEMENTS)
-        _pick(kernels.grad_input_rows, x.size)(x, dy, rows_per_sample, groups, block, m, k_dy,
+        return dx, dgamma, dbeta
+    if not training:                     # dx = dy * k: the affine kernel with m = b = 0
+        kernel, args = ((kernels.affine_rows, (_row_block(x.shape[0], C, TASK_ELEMENTS),))
+                        if x.ndim == 2 else
+                        (kernels.affine_planes, (min(x.shape[2], TASK_ELEMENTS),)))
+        _pick(kernel, x.size)(dy, rows_per_sample, groups, *args, k_xc, k_dy, k_0, dx)
+    elif x.ndim == 2:
+        block = _row_block(x.shape[0], C, TASK_ELEMENTS)
+        _pick(kernels.grad_input_rows, x.size)(x, dy, rows_per_sample, groups, block, m_hi, k_dy,
                                                k_xc, k_0, dx)
     else:
         _pick(kernels.grad_input_planes, x.size)(x, dy, rows_per_sample, groups,
-                                                 min(x.shape[2], TASK_ELEMENTS), m, k_dy, k_xc,
-                                                 k_0, dx)
-    return dx
+                                                 min(x.shape[2], TASK_ELEMENTS), m_hi, k_dy,
+                                                 k_xc, k_0, dx)
+    return dx, dgamma, dbeta
 
 
 def moving_average(moving, batch_stat, decay):
     """In place ``moving -= (moving - batch_stat) * decay``, computed in ``moving``'s dtype."""
-    flat = moving.reshape(-1)
-    stat = np.ascontiguousarray(batch_stat, dtype=moving.dtype).reshape(-1)
-    kernels.moving_average(flat, stat, moving.dtype.type(decay))
+    kernels.moving_average(moving.reshape(-1), np.asarray(batch_stat, moving.dtype).reshape(-1),
+                           moving.dtype.type(decay))
     return moving

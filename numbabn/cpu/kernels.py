@@ -305,7 +305,68 @@ def grad_input_planes(x, dy, rows_per_sample, groups, chunk, m, k_dy, k_xc, k_0,
 
 
 # ------------------------------------------------------------------------------------------------
-# moving statistics: O(C) work, sequential
+# O(C) work, sequential: coefficients and moving statistics
+
+
+@njit(**_SEQ)
+def affine_coefficients(mean, var, epsilon, gamma, beta, r, d, adj_scale, adj_bias,
+                        inv_std, m_hi, a, b):
+    """Coefficients of ``y = (x - m_hi) * a + b`` for the training (or inference) output.
+
+    ``y = gamma * (adj_scale * (r * xhat + d) + adj_bias) + beta`` with ``xhat`` normalized by
+    ``mean``/``var`` (float64 ``(G, C)``); the per-feature factors are ``(C,)`` vectors. The mean
+    is rounded to ``m_hi`` (the dtype of ``x``) and its remainder moves into ``b``: ``x - m_hi``
+    is exact for x near the mean, so the output keeps float64 accuracy in the centring.
+    """
+    G, C = mean.shape
+    for g in range(G):
+        for c in range(C):
+            inv = 1.0 / np.sqrt(var[g, c] + epsilon)
+            inv_std[g, c] = inv
+            m_hi[g, c] = mean[g, c]
+            lo = mean[g, c] - np.float64(m_hi[g, c])
+            scale = np.float64(gamma[c]) * adj_scale[c] * r[c] * inv
+            a[g, c] = scale
+            b[g, c] = (np.float64(gamma[c]) * (adj_scale[c] * d[c] + adj_bias[c])
+                       + np.float64(beta[c]) - lo * scale)
+
+
+
+@njit(**_SEQ)
+def grad_coefficients(sum_dy, sum_dyxc, mean, inv_std, count, training, gamma, r, d, adj_scale,
+                      adj_bias, m_hi, k_dy, k_xc, k_0, dgamma, dbeta):
+    """Coefficients of ``dx = k_dy * dy + k_xc * (x - m_hi) + k_0``, and dgamma, dbeta.
+
+    From the per-(group, feature) sums ``sum(dy)`` and ``sum(dy * (x - mean))``; with
+    ``A = gamma * adj_scale * r`` and ``n = count``, in training::
+
+        dx     = A * inv * (dy - sum_dy / n - xhat * sum(dy * xhat) / n)
+        dgamma = sum over groups of adj_scale * (r * sum(dy * xhat) + d * sum_dy) + adj_bias * sum_dy
+
+    and in inference ``dx = A * inv * dy``, ``dgamma = sum(dy * xhat)``.
+    """
+    G, C = mean.shape
+    dgamma[:] = 0.0
+    dbeta[:] = 0.0
+    for g in range(G):
+        for c in range(C):
+            inv = inv_std[g, c]
+            scale = np.float64(gamma[c]) * adj_scale[c] * r[c] * inv
+            dy_xhat = sum_dyxc[g, c] * inv
+            m_hi[g, c] = mean[g, c]
+            k_dy[g, c] = scale
+            if training:
+                kx = -scale * inv * inv * sum_dyxc[g, c] / count    # xhat * sum(dy * xhat) / n
+                lo = mean[g, c] - np.float64(m_hi[g, c])
+                k_xc[g, c] = kx
+                k_0[g, c] = -scale * sum_dy[g, c] / count - lo * kx
+                dgamma[c] += (adj_scale[c] * (r[c] * dy_xhat + d[c] * sum_dy[g, c])
+                              + adj_bias[c] * sum_dy[g, c])
+            else:
+                k_xc[g, c] = 0.0
+                k_0[g, c] = 0.0
+                dgamma[c] += dy_xhat
+            dbeta[c] += sum_dy[g, c]
 
 
 @njit(**_SEQ)
