@@ -387,8 +387,9 @@ class TensorFlow(Implementation):
             pass                          # already initialized (an earlier run in this process)
         self.threads = (cfg.get_intra_op_parallelism_threads(),
                         cfg.get_inter_op_parallelism_threads())
-        with _captured_stderr():
-            self.tf.constant(0.0) + 1.0       # initialize the runtime now, quietly
+        with _captured_stderr():              # initialize the runtime now, quietly
+            self.tf.config.list_physical_devices()
+            self.tf.constant(0.0) + 1.0
 
     @staticmethod
     def onednn_setting():

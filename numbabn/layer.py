@@ -256,6 +256,9 @@ class BatchNormalization:
             raise TypeError(f"`name` must be a string. {_validate.received('name', name)}")
         self.name = name if name else _Names.unique("batch_normalization")
         self._compute_dtype, self._param_dtype = (np.dtype(t) for t in _POLICIES[self._policy])
+        # the kernels have no float16 arithmetic: half-precision layers compute in float32
+        self._kernel_dtype = np.dtype(np.float32 if self._compute_dtype == np.float16
+                                      else self._compute_dtype)
         self._layer_kwargs = {k: v for k, v in kwargs.items() if k != "dtype"}
         self._variables = {}
         self._input_spec = None
@@ -512,6 +515,7 @@ class BatchNormalization:
             Same shape as ``inputs``, in the layer's compute dtype.
         """
         x, device = _validate.as_input_array(inputs, "inputs")
+        _dispatch.engine(device)             # an unsupported device fails before any state change
         training = self._check_training(training)
         if self.built and x.shape in self._valid_shapes:
             axes = self._axes                # validated before: skip the per-call checks
@@ -534,8 +538,7 @@ class BatchNormalization:
         if len(self._valid_shapes) > 64:
             self._valid_shapes.clear()
         self._valid_shapes.add(x.shape)
-        xc = x.astype(self._compute_dtype if self._compute_dtype != np.float16 else np.float32,
-                      copy=False)
+        xc = x.astype(self._kernel_dtype, copy=False)
         if training:
             y, cache, commit = self._train(xc, device)
         else:
