@@ -75,6 +75,8 @@ SMALL_INNER = 20
 # Idle time before each sample, in seconds: OpenMP and Eigen worker threads spin for a while after
 # a parallel region; without the gap they steal the cores from whichever library runs next.
 GAP = 0.005
+# Other processes using more than this many cores during a case make its numbers suspect.
+OTHER_LOAD = 0.1
 # Arrays at least this large are far beyond the caches (the floor is DRAM traffic).
 BIG_BYTES = 1 << 24
 # A cell whose interquartile range exceeds this fraction of its median is marked as noisy.
@@ -100,11 +102,15 @@ class Case:
 
     @property
     def layout(self):
-        """``"NC"``, ``"NHWC"`` (features last) or ``"NCHW"`` (features after the batch)."""
-        axis = self.axis % len(self.shape)
-        if len(self.shape) == 2:
+        """``"NC"``, ``"NHWC"`` (features last), ``"NCHW"`` (features after the batch) or
+        ``"other"``."""
+        ndim = len(self.shape)
+        axis = self.axis % ndim
+        if ndim == 2 and axis == 1:
             return "NC"
-        return "NHWC" if axis == len(self.shape) - 1 else "NCHW"
+        if ndim > 2 and axis in (1, ndim - 1):
+            return "NHWC" if axis == ndim - 1 else "NCHW"
+        return "other"
 
     @property
     def channels(self):
@@ -313,10 +319,11 @@ class Torch(Implementation):
     def setup(self, case, data):
         torch = self.torch
         F = torch.nn.functional
+        if case.layout == "other":
+            raise Skip(f"batch_norm takes the features on axis 1 (or last, channels-last), "
+                       f"not axis {case.axis} of {case.shape}")
         x = self._to_torch(data.x, case)
         dy = self._to_torch(data.dy, case)
-        if case.layout == "NHWC" and not x.is_contiguous(memory_format=torch.channels_last):
-            raise Skip("the NHWC input is not channels-last contiguous")
         weight = torch.from_numpy(data.gamma.copy()).requires_grad_()
         bias = torch.from_numpy(data.beta.copy()).requires_grad_()
         running_mean = torch.from_numpy(data.moving_mean.copy())
@@ -380,15 +387,14 @@ class TensorFlow(Implementation):
     def set_threads(self, n):
         """Thread pools can be sized only before TensorFlow runs its first op."""
         cfg = self.tf.config.threading
-        try:
-            cfg.set_intra_op_parallelism_threads(n)
-            cfg.set_inter_op_parallelism_threads(1)
-        except RuntimeError:
-            pass                          # already initialized (an earlier run in this process)
-        self.threads = (cfg.get_intra_op_parallelism_threads(),
-                        cfg.get_inter_op_parallelism_threads())
-        with _captured_stderr():              # initialize the runtime now, quietly
-            self.tf.config.list_physical_devices()
+        with _captured_stderr():              # initializing the runtime logs a CUDA probe
+            try:
+                cfg.set_intra_op_parallelism_threads(n)
+                cfg.set_inter_op_parallelism_threads(1)
+            except RuntimeError:
+                pass                          # already initialized (an earlier run here)
+            self.threads = (cfg.get_intra_op_parallelism_threads(),
+                            cfg.get_inter_op_parallelism_threads())
             self.tf.constant(0.0) + 1.0
 
     @staticmethod
@@ -403,7 +409,7 @@ class TensorFlow(Implementation):
             # fused_batch_norm takes 4-D input: (N, C) is (N, 1, 1, C) NHWC, a free reshape.
             shape4 = (case.shape[0], 1, 1, case.shape[1])
             fmt = "NHWC"
-        elif len(case.shape) == 4:
+        elif len(case.shape) == 4 and case.layout != "other":
             shape4, fmt = case.shape, case.layout
         else:
             raise Skip(f"fused_batch_norm needs 4-D input, not {case.shape}")
@@ -609,6 +615,38 @@ def time_tasks(tasks, reps, gap, progress=None, done=0, label=""):
     return samples, done
 
 
+class OtherLoad:
+    """CPU time that other processes used while a block ran, in cores (0 on an idle machine).
+
+    The machine's busy time (/proc/stat) minus this process's own CPU time, over the wall time:
+    what the load average says, but only for the measured interval.
+    """
+
+    def __init__(self):
+        self.start = self._sample()
+
+    @staticmethod
+    def _sample():
+        try:
+            with open("/proc/stat") as f:
+                fields = f.readline().split()[1:]
+        except OSError:
+            return None
+        ticks = os.sysconf("SC_CLK_TCK")
+        user, nice, system, idle, iowait, irq, softirq, steal = (int(v) for v in fields[:8])
+        busy = (user + nice + system + irq + softirq + steal) / ticks
+        own = os.times()
+        return busy, own.user + own.system + own.children_user + own.children_system, \
+            time.perf_counter()
+
+    def cores(self):
+        end = self._sample()
+        if self.start is None or end is None or end[2] <= self.start[2]:
+            return None
+        other = (end[0] - self.start[0]) - (end[1] - self.start[1])
+        return max(other, 0.0) / (end[2] - self.start[2])
+
+
 def summarize(values):
     values = sorted(values)
     median = statistics.median(values)
@@ -671,9 +709,11 @@ class CaseResult:
     agreement: Dict[str, Dict[str, float]]  # impl key -> op -> relative error vs numbabn
     skipped: Dict[str, str]                # impl key -> why
     notes: List[str]
+    other_load: Optional[float]            # cores used by other processes meanwhile
 
 
 def run_case(case, impls, options, progress=None, done=0):
+    other_load = OtherLoad()
     data = make_data(case)
     funcs, skipped, agreement, notes = {}, {}, {}, []
     reference = None
@@ -692,8 +732,8 @@ def run_case(case, impls, options, progress=None, done=0):
                 agreement[impl.key] = {op: relative_error(outputs[op], reference[op])
                                        for op in outputs if op in reference}
             del outputs
-        if isinstance(impl, Torch) and case.layout == "NHWC":
-            formats = {op: impl.memory_format(fn()) for op, fn in f.items() if op != "step"}
+        if isinstance(impl, Torch) and case.layout == "NHWC" and len(case.shape) == 4:
+            formats = {op: impl.memory_format(fn()) for op, fn in f.items()}
             if any(fmt != "channels_last" for fmt in formats.values()):
                 notes.append(f"PyTorch returned {formats} for a channels-last input")
         funcs[impl.key] = (impl, f)
@@ -713,8 +753,8 @@ def run_case(case, impls, options, progress=None, done=0):
     floor, floor_alloc = floors({k: v["median"] for k, v in roof.items()})
     cells = {op: {key: summary[f"{key}:{op}"] for key in funcs if f"{key}:{op}" in summary}
              for op in options.ops}
-    return CaseResult(case, roof, floor, floor_alloc, cells, agreement, skipped,
-                      notes), done
+    return CaseResult(case, roof, floor, floor_alloc, cells, agreement, skipped, notes,
+                      other_load.cores()), done
 
 
 # ------------------------------------------------------------------------------------------------
@@ -811,10 +851,16 @@ def machine_info(options, impls, unavailable):
         if impl.peer:
             why = unavailable.get(impl.key)
             info[impl.label] = impl.version() if why is None else f"skipped: {why}"
+        if isinstance(impl, Torch) and impl.torch is not None and impl.key not in unavailable:
+            info["PyTorch settings"] = (
+                f"{impl.torch.get_num_threads()} threads, torch.nn.functional.batch_norm, "
+                "channels_last memory format for NHWC")
         if isinstance(impl, TensorFlow) and impl.threads is not None:
+            sync = impl.tf.config.experimental.get_synchronous_execution()
             info["TensorFlow settings"] = (
                 f"{impl.onednn_setting()}, intra-op threads {impl.threads[0]}, inter-op "
-                f"{impl.threads[1]}, ops inside tf.function, synchronous execution")
+                f"{impl.threads[1]}, fused_batch_norm inside tf.function, "
+                f"{'synchronous' if sync else 'ASYNCHRONOUS'} execution")
     info["reps"] = f"{options.reps} (small cases: {options.small_reps} x {SMALL_INNER} calls)"
     info["gap before each sample"] = f"{options.gap * 1e3:g} ms"
     return {k: v for k, v in info.items() if v is not None}
@@ -882,6 +928,7 @@ def roofline_rows(results):
 
         rows.append({
             "case": case.label(), "MB": f"{size / 1e6:.2f}",
+            "other": "?" if res.other_load is None else f"{res.other_load:.2f}",
             "read": f"{gbs('read flat', 1)} / {gbs('read blocks', 1)}",
             "copy": f"{gbs('copy flat', 2)} / {gbs('copy blocks', 2)}",
             "alloc+copy": gbs("alloc+copy", 2), "np.copy": gbs("np.copy", 2),
@@ -892,13 +939,15 @@ def roofline_rows(results):
     return rows
 
 
-ROOF_COLUMNS = ("case", "MB", "read", "copy", "alloc+copy", "np.copy", "floor", "floor+alloc")
+ROOF_COLUMNS = ("case", "MB", "read", "copy", "alloc+copy", "np.copy", "floor", "floor+alloc",
+                "other")
 
 
 def roof_headers(ops):
     ops = "/".join(ops)
     return ("case", "MB", "read GB/s (flat / blocks)", "copy GB/s r+w (flat / blocks)",
-            "alloc+copy GB/s", "np.copy GB/s", f"floor {ops}", f"floor+alloc {ops}")
+            "alloc+copy GB/s", "np.copy GB/s", f"floor {ops}", f"floor+alloc {ops}",
+            "other load (cores)")
 
 
 def summary_rows(results, impls):
@@ -967,6 +1016,9 @@ def observations(results, impls):
                 if cell["spread"] > NOISY:
                     notes.append(f"{case} {op}: {labels[key]} was noisy (interquartile range "
                                  f"{cell['spread']:.0%} of the median); rerun on an idle machine")
+        if res.other_load is not None and res.other_load > OTHER_LOAD:
+            notes.append(f"{case}: other processes used {res.other_load:.2f} cores on average "
+                         "while it ran; rerun on an idle machine")
         for key, per_op in res.agreement.items():
             for op, err in per_op.items():
                 if err > AGREEMENT_TOL:
@@ -997,7 +1049,8 @@ def write_markdown(path, info, results, impls, startup, notes, ops):
               "Parallel Numba kernels on the bench's threads, on an array of the input's size. "
               "Copy bandwidth counts bytes read + written. Floors: train = read + copy, infer = "
               "copy, step = 2 copies + 4 reads (best of the flat and blocked kernels); "
-              "floor+alloc copies into a freshly allocated array instead.", "",
+              "floor+alloc copies into a freshly allocated array instead. Other load: cores "
+              "that other processes kept busy while the case ran (0 on an idle machine).", "",
               format_table(roofline_rows(results), ROOF_COLUMNS, roof_headers(ops), True)]
     lines += ["", "## Time ÷ memory floor", "",
               "\\* numbabn-only features (renorm=True; virtual_batch_size="
@@ -1036,6 +1089,7 @@ def write_json(path, info, results, impls, startup):
             "spread": {op: {k: v["spread"] for k, v in cells.items()}
                        for op, cells in res.cells.items()},
             "agreement": res.agreement, "skipped": res.skipped,
+            "other_load_cores": res.other_load,
         }
     with open(path, "w", encoding="utf-8") as f:
         json.dump(data, f, indent=1)
@@ -1050,6 +1104,7 @@ def plot(path, results, impls, info):
     groups = [(res, op) for res in results for op in res.cells]
     keys = [i.key for i in impls if any(i.key in res.cells[op] for res, op in groups)]
     labels = {i.key: i.label for i in impls}
+    only = {i.key for i in impls if i.only_numbabn}
     fig = Figure(figsize=(max(8, 0.9 * len(groups) + 2), 5))
     ax = fig.add_subplot()
     width = 0.8 / max(len(keys), 1)
@@ -1062,7 +1117,7 @@ def plot(path, results, impls, info):
                 xs.append(g - 0.4 + width * (j + 0.5))
                 ys.append(cell["median"] / res.floor[op])
         ratios += ys
-        ax.bar(xs, ys, width, label=labels[key])
+        ax.bar(xs, ys, width, label=labels[key], hatch="//" if key in only else None)
     ax.axhline(1.0, color="black", linewidth=1, linestyle=":", label="memory floor")
     if ratios and max(ratios) / max(min(ratios), 1e-9) > 20:
         ax.set_yscale("log")

@@ -58,6 +58,12 @@ def _pick(kernel, size):
     return kernel.serial if size < SERIAL_ELEMENTS else kernel
 
 
+def _small_groups(x, rows_per_sample, groups):
+    """Whether each ghost group of a channels-last input fits in one work unit."""
+    rows_per_group = x.shape[0] // groups
+    return groups > 1 and x.ndim == 2 and rows_per_group * x.shape[1] <= UNIT_ELEMENTS
+
+
 def _row_block(rows, channels, target):
     return max(1, min(rows, target // max(channels, 1)))
 
@@ -73,6 +79,10 @@ def moments(x, rows_per_sample, groups):
         m2.fill(np.nan)
         return mean, m2
     samples = x.shape[0] // rows_per_sample
+    if _small_groups(x, rows_per_sample, groups):
+        _pick(kernels.group_moments_rows, x.size)(x, rows_per_sample, groups, mean, m2)
+        m2 /= count
+        return mean, m2
     if x.ndim == 2:
         block = _row_block(rows_per_sample, C, UNIT_ELEMENTS)
         parts = -(-rows_per_sample // block)
@@ -103,12 +113,14 @@ def normalize(x, rows_per_sample, groups, mean, var, epsilon, gamma, beta, r, d,
     G, C = mean.shape
     inv_std = np.empty((G, C))
     m_hi, a, b = np.empty((3, G, C), dtype=x.dtype)
-    kernels.affine_coefficients(mean, var, epsilon, gamma, beta, r, d, adj_scale, adj_bias,
-                                inv_std, m_hi, a, b)
+    _pick(kernels.affine_coefficients, mean.size)(mean, var, epsilon, gamma, beta, r, d,
+                                                  adj_scale, adj_bias, inv_std, m_hi, a, b)
     out = np.empty_like(x) if out is None else out
     if x.size == 0:
         return out, inv_std
-    if x.ndim == 2:
+    if _small_groups(x, rows_per_sample, groups):
+        _pick(kernels.affine_rows_by_group, x.size)(x, rows_per_sample, groups, m_hi, a, b, out)
+    elif x.ndim == 2:
         block = _row_block(x.shape[0], x.shape[1], TASK_ELEMENTS)
         _pick(kernels.affine_rows, x.size)(x, rows_per_sample, groups, block, m_hi, a, b, out)
     else:
@@ -126,6 +138,12 @@ def grad_sums(x, dy, rows_per_sample, groups, mean):
         return sum_dy, sum_dyxc
     mean = np.ascontiguousarray(mean, dtype=np.float64)
     samples = x.shape[0] // rows_per_sample
+    if _small_groups(x, rows_per_sample, groups):
+        m_hi = mean.astype(x.dtype)
+        _pick(kernels.group_grad_sums_rows, x.size)(x, dy, rows_per_sample, groups, m_hi, sum_dy,
+                                                    sum_dyxc)
+        sum_dyxc -= (mean - m_hi) * sum_dy
+        return sum_dy, sum_dyxc
     if x.ndim == 2:
         block = _row_block(rows_per_sample, C, UNIT_ELEMENTS)
         per_sample = -(-rows_per_sample // block)
@@ -161,8 +179,9 @@ def backward(x, dy, rows_per_sample, groups, mean, inv_std, count, training, gam
     sum_dy, sum_dyxc = grad_sums(x, dy, rows_per_sample, groups, mean)
     m_hi, k_dy, k_xc, k_0 = np.empty((4, G, C), dtype=x.dtype)
     dgamma, dbeta = np.empty(C), np.empty(C)
-    kernels.grad_coefficients(sum_dy, sum_dyxc, mean, inv_std, float(count), training, gamma, r,
-                              d, adj_scale, adj_bias, m_hi, k_dy, k_xc, k_0, dgamma, dbeta)
+    _pick(kernels.grad_coefficients, mean.size)(sum_dy, sum_dyxc, mean, inv_std, float(count),
+                                                training, gamma, r, d, adj_scale, adj_bias, m_hi,
+                                                k_dy, k_xc, k_0, dgamma, dbeta)
     dx = np.empty_like(x) if out is None else out
     if x.size == 0:
         return dx, dgamma, dbeta
@@ -171,6 +190,9 @@ def backward(x, dy, rows_per_sample, groups, mean, inv_std, count, training, gam
                         if x.ndim == 2 else
                         (kernels.affine_planes, (min(x.shape[2], TASK_ELEMENTS),)))
         _pick(kernel, x.size)(dy, rows_per_sample, groups, *args, k_xc, k_dy, k_0, dx)
+    elif _small_groups(x, rows_per_sample, groups):
+        _pick(kernels.grad_input_rows_by_group, x.size)(x, dy, rows_per_sample, groups, m_hi,
+                                                        k_dy, k_xc, k_0, dx)
     elif x.ndim == 2:
         block = _row_block(x.shape[0], C, TASK_ELEMENTS)
         _pick(kernels.grad_input_rows, x.size)(x, dy, rows_per_sample, groups, block, m_hi, k_dy,

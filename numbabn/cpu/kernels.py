@@ -96,6 +96,36 @@ def unit_moments_rows(x, rows_per_sample, block, u_mean, u_m2, t1, t2):
 
 
 @_parallel_and_serial
+def group_moments_rows(x, rows_per_sample, groups, mean, m2):
+    """Mean and M2 of each ghost group of ``x[R, C]`` directly: for many small groups.
+
+    Group ``g`` holds samples ``g, g + G, ...``; with few rows per group, per-unit partials would
+    cost as much memory as the input, so each group is reduced whole by one thread.
+    """
+    R, C = x.shape
+    samples_per_group = R // (rows_per_sample * groups)
+    for g in prange(groups):
+        s1 = mean[g]
+        s2 = m2[g]
+        s1[:] = 0.0
+        s2[:] = 0.0
+        shift = x[g * rows_per_sample]
+        for v in range(samples_per_group):
+            base = (v * groups + g) * rows_per_sample
+            for p in range(rows_per_sample):
+                xr = x[base + p]
+                for c in range(C):
+                    d = np.float64(xr[c] - shift[c])
+                    s1[c] += d
+                    s2[c] += d * d
+        inv_count = 1.0 / (samples_per_group * rows_per_sample)
+        for c in range(C):
+            mean_d = s1[c] * inv_count
+            s2[c] = s2[c] - s1[c] * mean_d
+            s1[c] = np.float64(shift[c]) + mean_d
+
+
+@_parallel_and_serial
 def unit_moments_planes(x, chunk, u_mean, u_m2):
     """Per-unit mean and M2 of ``x[R, C, I]``; unit = up to ``chunk`` values of one plane.
 
@@ -169,6 +199,22 @@ def affine_rows(x, rows_per_sample, groups, block, m, a, b, y):
 
 
 @_parallel_and_serial
+def affine_rows_by_group(x, rows_per_sample, groups, m, a, b, y):
+    """``affine_rows`` visiting the rows group by group: with many small ghost groups the
+    ``(G, C)`` coefficients outgrow the caches, and this way each row of them is read once."""
+    R, C = x.shape
+    samples_per_group = R // (rows_per_sample * groups)
+    for g in prange(groups):
+        mg, ag, bg = m[g], a[g], b[g]
+        for v in range(samples_per_group):
+            base = (v * groups + g) * rows_per_sample
+            for p in range(rows_per_sample):
+                xr, yr = x[base + p], y[base + p]
+                for c in range(C):
+                    yr[c] = (xr[c] - mg[c]) * ag[c] + bg[c]
+
+
+@_parallel_and_serial
 def affine_planes(x, rows_per_sample, groups, chunk, m, a, b, y):
     """``y[r, c, i] = (x[r, c, i] - m[g, c]) * a[g, c] + b[g, c]`` with ``g`` the row's group."""
     R, C, I = x.shape
@@ -228,6 +274,27 @@ def unit_grad_sums_rows(x, dy, rows_per_sample, groups, block, m, u_dy, u_dyxc, 
 
 
 @_parallel_and_serial
+def group_grad_sums_rows(x, dy, rows_per_sample, groups, m, sum_dy, sum_dyxc):
+    """``sum(dy)`` and ``sum(dy * (x - m[g]))`` of each ghost group directly (see above)."""
+    R, C = x.shape
+    samples_per_group = R // (rows_per_sample * groups)
+    for g in prange(groups):
+        s1 = sum_dy[g]
+        s2 = sum_dyxc[g]
+        mg = m[g]
+        s1[:] = 0.0
+        s2[:] = 0.0
+        for v in range(samples_per_group):
+            base = (v * groups + g) * rows_per_sample
+            for p in range(rows_per_sample):
+                xr = x[base + p]
+                gr = dy[base + p]
+                for c in range(C):
+                    s1[c] += np.float64(gr[c])
+                    s2[c] += np.float64(gr[c] * (xr[c] - mg[c]))
+
+
+@_parallel_and_serial
 def unit_grad_sums_planes(x, dy, rows_per_sample, groups, chunk, mean, u_dy, u_dyxc):
     """Per-unit ``sum(dy)`` and ``sum(dy * (x - mean[g]))`` over plane chunks of ``x[R, C, I]``."""
     R, C, I = x.shape
@@ -282,6 +349,21 @@ def grad_input_rows(x, dy, rows_per_sample, groups, block, m, k_dy, k_xc, k_0, d
 
 
 @_parallel_and_serial
+def grad_input_rows_by_group(x, dy, rows_per_sample, groups, m, k_dy, k_xc, k_0, dx):
+    """``grad_input_rows`` visiting the rows group by group (see ``affine_rows_by_group``)."""
+    R, C = x.shape
+    samples_per_group = R // (rows_per_sample * groups)
+    for g in prange(groups):
+        mg, c1, c2, c3 = m[g], k_dy[g], k_xc[g], k_0[g]
+        for v in range(samples_per_group):
+            base = (v * groups + g) * rows_per_sample
+            for p in range(rows_per_sample):
+                xr, gr, dr = x[base + p], dy[base + p], dx[base + p]
+                for c in range(C):
+                    dr[c] = c1[c] * gr[c] + c2[c] * (xr[c] - mg[c]) + c3[c]
+
+
+@_parallel_and_serial
 def grad_input_planes(x, dy, rows_per_sample, groups, chunk, m, k_dy, k_xc, k_0, dx):
     """``dx = k_dy * dy + k_xc * (x - m) + k_0`` on planes, coefficients per (group, feature)."""
     R, C, I = x.shape
@@ -308,7 +390,7 @@ def grad_input_planes(x, dy, rows_per_sample, groups, chunk, m, k_dy, k_xc, k_0,
 # O(C) work, sequential: coefficients and moving statistics
 
 
-@njit(**_SEQ)
+@_parallel_and_serial
 def affine_coefficients(mean, var, epsilon, gamma, beta, r, d, adj_scale, adj_bias,
                         inv_std, m_hi, a, b):
     """Coefficients of ``y = (x - m_hi) * a + b`` for the training (or inference) output.
@@ -319,7 +401,7 @@ def affine_coefficients(mean, var, epsilon, gamma, beta, r, d, adj_scale, adj_bi
     is exact for x near the mean, so the output keeps float64 accuracy in the centring.
     """
     G, C = mean.shape
-    for g in range(G):
+    for g in prange(G):
         for c in range(C):
             inv = 1.0 / np.sqrt(var[g, c] + epsilon)
             inv_std[g, c] = inv
@@ -332,7 +414,7 @@ def affine_coefficients(mean, var, epsilon, gamma, beta, r, d, adj_scale, adj_bi
 
 
 
-@njit(**_SEQ)
+@_parallel_and_serial
 def grad_coefficients(sum_dy, sum_dyxc, mean, inv_std, count, training, gamma, r, d, adj_scale,
                       adj_bias, m_hi, k_dy, k_xc, k_0, dgamma, dbeta):
     """Coefficients of ``dx = k_dy * dy + k_xc * (x - m_hi) + k_0``, and dgamma, dbeta.
@@ -346,13 +428,10 @@ def grad_coefficients(sum_dy, sum_dyxc, mean, inv_std, count, training, gamma, r
     and in inference ``dx = A * inv * dy``, ``dgamma = sum(dy * xhat)``.
     """
     G, C = mean.shape
-    dgamma[:] = 0.0
-    dbeta[:] = 0.0
-    for g in range(G):
+    for g in prange(G):
         for c in range(C):
             inv = inv_std[g, c]
             scale = np.float64(gamma[c]) * adj_scale[c] * r[c] * inv
-            dy_xhat = sum_dyxc[g, c] * inv
             m_hi[g, c] = mean[g, c]
             k_dy[g, c] = scale
             if training:
@@ -360,11 +439,18 @@ def grad_coefficients(sum_dy, sum_dyxc, mean, inv_std, count, training, gamma, r
                 lo = mean[g, c] - np.float64(m_hi[g, c])
                 k_xc[g, c] = kx
                 k_0[g, c] = -scale * sum_dy[g, c] / count - lo * kx
-                dgamma[c] += (adj_scale[c] * (r[c] * dy_xhat + d[c] * sum_dy[g, c])
-                              + adj_bias[c] * sum_dy[g, c])
             else:
                 k_xc[g, c] = 0.0
                 k_0[g, c] = 0.0
+    dgamma[:] = 0.0
+    dbeta[:] = 0.0
+    for g in range(G):
+        for c in range(C):
+            dy_xhat = sum_dyxc[g, c] * inv_std[g, c]
+            if training:
+                dgamma[c] += (adj_scale[c] * (r[c] * dy_xhat + d[c] * sum_dy[g, c])
+                              + adj_bias[c] * sum_dy[g, c])
+            else:
                 dgamma[c] += dy_xhat
             dbeta[c] += sum_dy[g, c]
 
