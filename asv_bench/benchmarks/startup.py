@@ -1,0 +1,58 @@
+"""Start-up: what a fresh interpreter pays before its first batch is normalized.
+
+``timeraw_`` benchmarks return code that asv times in a new Python process, once per sample:
+``(stmt, setup)``, where only ``stmt`` is timed. Importing numbabn compiles nothing; the first
+call of each kernel compiles it, or loads it from Numba's on-disk cache (``cache=True``).
+"""
+import numpy as np
+
+import numbabn
+
+from .common import fresh_interpreter_setup
+
+FIRST_STEP = """
+import numpy as np
+import numbabn
+x = np.random.default_rng(1234).standard_normal((256, 64), dtype=np.float32)
+layer = numbabn.BatchNormalization()
+layer(x, training=True)
+layer.backward(np.ones_like(x))
+"""
+
+# Point Numba at an empty cache directory (removed when the process exits): every kernel the
+# first step needs is compiled from scratch.
+EMPTY_KERNEL_CACHE = """
+import os, tempfile
+kernel_cache = tempfile.TemporaryDirectory()
+os.environ["NUMBA_CACHE_DIR"] = kernel_cache.name
+"""
+
+
+class Startup:
+    """Import time and time to the first training step, in a fresh interpreter."""
+
+    def setup(self):
+        # The kernels a (256, 64) step uses are now in the on-disk cache, even on the first run
+        # after they changed: the warm timings below never include a compilation.
+        x = np.zeros((256, 64), dtype=np.float32)
+        layer = numbabn.BatchNormalization()
+        layer(x, training=True)
+        layer.backward(x)
+
+    def timeraw_import(self):
+        return "import numbabn", fresh_interpreter_setup()
+
+    def timeraw_import_and_first_step(self):
+        """Import, then forward and backward on (256, 64), kernels loaded from the disk cache."""
+        return FIRST_STEP, fresh_interpreter_setup()
+
+
+class ColdStartup:
+    """Import and first training step with an empty kernel cache: every kernel compiles."""
+
+    # Each sample takes seconds; a few are enough to see a change.
+    repeat = (1, 5, 30.0)
+    rounds = 1
+
+    def timeraw_import_and_first_step(self):
+        return FIRST_STEP, fresh_interpreter_setup() + EMPTY_KERNEL_CACHE
