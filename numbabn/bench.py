@@ -79,8 +79,9 @@ GAP = 0.005
 OTHER_LOAD = 0.1
 # Arrays at least this large are far beyond the caches (the floor is DRAM traffic).
 BIG_BYTES = 1 << 24
-# A cell whose interquartile range exceeds this fraction of its median is marked as noisy.
-NOISY = 0.10
+# A cell whose interquartile range exceeds this fraction of its median is marked as noisy (on
+# an idle 2-core VM, memory-bound cells spread by 10-20%).
+NOISY = 0.25
 
 DESCRIPTION = """\
 Time numbabn's BatchNormalization (training forward, inference, training forward + backward) on
@@ -434,11 +435,12 @@ class TensorFlow(Implementation):
             with tf.GradientTape() as tape:
                 tape.watch(x)
                 y = fused(x, scale, offset, epsilon=EPSILON, data_format=fmt, is_training=True)[0]
-            return tape.gradient(y, [x, scale, offset], output_gradients=dy)
+            # y is returned too: a training step needs it (the loss does), so it is computed.
+            return [y] + tape.gradient(y, [x, scale, offset], output_gradients=dy)
 
         self.shape = case.shape
         return {"train": lambda: train(x), "infer": lambda: infer(x),
-                "step": lambda: step(x, dy)[0]}
+                "step": lambda: step(x, dy)[1]}
 
     def as_numpy(self, out):
         return out.numpy().reshape(self.shape)
@@ -648,14 +650,15 @@ class OtherLoad:
 
 
 def summarize(values):
-    values = sorted(values)
-    median = statistics.median(values)
-    if len(values) >= 4:
-        q = statistics.quantiles(values, n=4)
+    """Median, relative interquartile range, and the samples in the order they were taken."""
+    ordered = sorted(values)
+    median = statistics.median(ordered)
+    if len(ordered) >= 4:
+        q = statistics.quantiles(ordered, n=4)
         spread = (q[2] - q[0]) / median if median > 0 else 0.0
     else:
-        spread = (values[-1] - values[0]) / median if median > 0 else 0.0
-    return {"median": median, "spread": spread, "samples": values}
+        spread = (ordered[-1] - ordered[0]) / median if median > 0 else 0.0
+    return {"median": median, "spread": spread, "samples": list(values)}
 
 
 # ------------------------------------------------------------------------------------------------
@@ -1001,6 +1004,7 @@ def observations(results, impls):
         case = res.case.label()
         # Floors of cache-sized arrays are kernel launch costs, not memory traffic.
         big = not res.case.small and res.case.nbytes >= BIG_BYTES
+        noisy = []
         for op, cells in res.cells.items():
             ours = cells.get("numbabn")
             for key, cell in cells.items():
@@ -1014,8 +1018,10 @@ def observations(results, impls):
                                  "floor: it moves less data than the floor counts, or the "
                                  "roofline was measured slow")
                 if cell["spread"] > NOISY:
-                    notes.append(f"{case} {op}: {labels[key]} was noisy (interquartile range "
-                                 f"{cell['spread']:.0%} of the median); rerun on an idle machine")
+                    noisy.append(f"{labels[key]} {op} {cell['spread']:.0%}")
+        if noisy:
+            notes.append(f"{case}: spread samples (interquartile range over {NOISY:.0%} of the "
+                         f"median): {', '.join(noisy)}")
         if res.other_load is not None and res.other_load > OTHER_LOAD:
             notes.append(f"{case}: other processes used {res.other_load:.2f} cores on average "
                          "while it ran; rerun on an idle machine")
@@ -1083,11 +1089,14 @@ def write_json(path, info, results, impls, startup):
         data["cases"][res.case.name] = {
             "shape": list(res.case.shape), "axis": res.case.axis, "bytes": res.case.nbytes,
             "roofline_s": {k: v["median"] for k, v in res.roofline.items()},
+            "roofline_samples_s": {k: v["samples"] for k, v in res.roofline.items()},
             "floor_s": res.floor, "floor_alloc_s": res.floor_alloc,
             "median_s": {op: {k: v["median"] for k, v in cells.items()}
                          for op, cells in res.cells.items()},
             "spread": {op: {k: v["spread"] for k, v in cells.items()}
                        for op, cells in res.cells.items()},
+            "samples_s": {op: {k: v["samples"] for k, v in cells.items()}
+                          for op, cells in res.cells.items()},
             "agreement": res.agreement, "skipped": res.skipped,
             "other_load_cores": res.other_load,
         }
