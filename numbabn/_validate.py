@@ -44,7 +44,7 @@ def resolve_axes(axis, ndim, name="axis", sort=True):
     axes = check_axis_type(axis, name)
     if ndim == 0:
         raise ValueError(
-            f"Input has undefined rank: a scalar cannot be normalized. Received: input rank=0")
+            "Input has undefined rank: a scalar cannot be normalized. Received: input rank=0")
     resolved = []
     for a in axes:
         r = a + ndim if a < 0 else a

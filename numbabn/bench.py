@@ -56,7 +56,7 @@ from typing import Callable, Dict, List, Optional
 
 import numpy as np
 
-from .demo import ProgressBar
+from ._cli import ProgressBar, positive_int
 from .layer import BatchNormalization
 
 INSTALL_HINT = 'pip install "numbabn[bench]"'
@@ -1153,16 +1153,6 @@ def default_threads():
         return os.cpu_count() or 1
 
 
-def _positive_int(text):
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}")
-    return value
-
-
 def _name_list(choices):
     def parse(text):
         names = [n.strip() for n in text.split(",") if n.strip()]
@@ -1177,7 +1167,7 @@ def _name_list(choices):
 def add_arguments(parser, cases=None):
     """The ``bench`` subcommand's options."""
     cases = CASES if cases is None else cases
-    parser.add_argument("--threads", type=_positive_int, default=None, metavar="N",
+    parser.add_argument("--threads", type=positive_int, default=None, metavar="N",
                         help="threads for numbabn and every peer (default: the cores available, "
                              f"{default_threads()} here)")
     parser.add_argument("--cases", type=_name_list(tuple(cases)), default=None, metavar="LIST",
@@ -1193,9 +1183,9 @@ def add_arguments(parser, cases=None):
                              "(numbabn-only rows; default on)")
     parser.add_argument("--quick", action="store_true",
                         help=f"fewer repetitions ({QUICK_REPS}, small case {QUICK_SMALL_REPS})")
-    parser.add_argument("--reps", type=_positive_int, default=None, metavar="N",
+    parser.add_argument("--reps", type=positive_int, default=None, metavar="N",
                         help=f"samples per cell (default {DEFAULT_REPS})")
-    parser.add_argument("--small-reps", type=_positive_int, default=None, metavar="N",
+    parser.add_argument("--small-reps", type=positive_int, default=None, metavar="N",
                         help=f"samples per cell of small cases, {SMALL_INNER} calls each "
                              f"(default {SMALL_REPS})")
     parser.add_argument("--gap", type=float, default=GAP * 1e3, metavar="MS",

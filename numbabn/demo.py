@@ -23,7 +23,6 @@ its final test accuracy, its peak training loss, and whether the loss became NaN
 Everything except the BN layers (Dense, ReLU, softmax cross-entropy, SGD) is written out in NumPy
 below, as a template for a custom training loop around :class:`numbabn.BatchNormalization`.
 """
-import argparse
 import contextlib
 import dataclasses
 import sys
@@ -32,6 +31,7 @@ from typing import Optional
 
 import numpy as np
 
+from ._cli import ProgressBar, positive_int
 from .layer import BatchNormalization
 
 TARGET_ACCURACY = 0.95
@@ -289,37 +289,6 @@ def compare(steps=DEFAULT_STEPS, seed=0, learning_rates=None, data=None, progres
 # reporting
 
 
-class ProgressBar:
-    """A one-line progress bar, redrawn in place on ``stream`` (stderr by default).
-
-    It redraws at every percent on a terminal, every 10 percent otherwise (a log file).
-    """
-
-    def __init__(self, total, stream=None, width=30):
-        self.total, self.width = max(total, 1), width
-        self.stream = sys.stderr if stream is None else stream
-        isatty = getattr(self.stream, "isatty", lambda: False)
-        self.resolution = 100 if isatty() else 10
-        self.start = time.perf_counter()
-        self.last = None
-
-    def update(self, done, label=""):
-        frac = min(done / self.total, 1.0)
-        state = (int(frac * self.resolution), label)
-        if state == self.last:
-            return
-        self.last = state
-        filled = int(frac * self.width)
-        bar = "#" * filled + "-" * (self.width - filled)
-        elapsed = time.perf_counter() - self.start
-        self.stream.write(f"\r[{bar}] {frac:4.0%} {elapsed:5.1f}s  {label:<24}")
-        self.stream.flush()
-
-    def close(self):
-        self.stream.write("\n")
-        self.stream.flush()
-
-
 def _steps_text(run):
     return "never" if run.steps_to_target is None else str(run.steps_to_target)
 
@@ -461,7 +430,7 @@ def describe_setup(data, steps, seed):
 
 def add_arguments(parser):
     """The ``demo`` subcommand's options."""
-    parser.add_argument("--steps", type=_positive_int, default=DEFAULT_STEPS, metavar="N",
+    parser.add_argument("--steps", type=positive_int, default=DEFAULT_STEPS, metavar="N",
                         help=f"SGD steps per run (default {DEFAULT_STEPS})")
     parser.add_argument("--seed", type=int, default=0, metavar="S",
                         help="seed for the train/test split, the weights and the batch order "
@@ -470,16 +439,6 @@ def add_arguments(parser):
                         help="where to write the test-accuracy curves (default numbabn-demo.png)")
     parser.add_argument("--no-plot", action="store_true", help="do not write the plot")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
-
-
-def _positive_int(text):
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}")
-    return value
 
 
 def run(args):

@@ -13,7 +13,8 @@ import pytest
 
 pytest.importorskip("sklearn")
 
-from numbabn import demo  # noqa: E402
+from numbabn import demo
+from numbabn._cli import ProgressBar  # noqa: E402
 from numbabn.__main__ import build_parser, main  # noqa: E402
 
 STEPS = 200
@@ -181,7 +182,7 @@ def test_conclusion_reports_speedup_and_divergence():
 
 def test_progress_bar_reaches_100_percent():
     out = io.StringIO()
-    bar = demo.ProgressBar(40, stream=out)
+    bar = ProgressBar(40, stream=out)
     for i in range(1, 41):
         bar.update(i, "run")
     bar.close()

@@ -51,6 +51,15 @@ def _parallel_and_serial(fn):
     return parallel
 
 
+@njit(inline="always")
+def _plane_task(t, channels, chunks):
+    """Task ``t`` of a planes kernel: row ``r``, feature ``c``, chunk ``k`` of that plane."""
+    r = t // (channels * chunks)
+    rem = t - r * channels * chunks
+    c = rem // chunks
+    return r, c, rem - c * chunks
+
+
 # ------------------------------------------------------------------------------------------------
 # moments: per-unit shifted sums, then a Chan merge per group
 
@@ -134,10 +143,7 @@ def unit_moments_planes(x, chunk, u_mean, u_m2):
     R, C, I = x.shape
     chunks = (I + chunk - 1) // chunk
     for t in prange(R * C * chunks):
-        r = t // (C * chunks)
-        rem = t - r * C * chunks
-        c = rem // chunks
-        k = rem - c * chunks
+        r, c, k = _plane_task(t, C, chunks)
         n = min(chunk, I - k * chunk)
         v = x[r, c, k * chunk:k * chunk + n]
         shift = np.float64(v[0])
@@ -220,10 +226,7 @@ def affine_planes(x, rows_per_sample, groups, chunk, m, a, b, y):
     R, C, I = x.shape
     chunks = (I + chunk - 1) // chunk
     for t in prange(R * C * chunks):
-        r = t // (C * chunks)
-        rem = t - r * C * chunks
-        c = rem // chunks
-        k = rem - c * chunks
+        r, c, k = _plane_task(t, C, chunks)
         g = (r // rows_per_sample) % groups
         mm = m[g, c]
         aa = a[g, c]
@@ -300,10 +303,7 @@ def unit_grad_sums_planes(x, dy, rows_per_sample, groups, chunk, mean, u_dy, u_d
     R, C, I = x.shape
     chunks = (I + chunk - 1) // chunk
     for t in prange(R * C * chunks):
-        r = t // (C * chunks)
-        rem = t - r * C * chunks
-        c = rem // chunks
-        k = rem - c * chunks
+        r, c, k = _plane_task(t, C, chunks)
         mm = mean[(r // rows_per_sample) % groups, c]
         n = min(chunk, I - k * chunk)
         v = x[r, c, k * chunk:k * chunk + n]
@@ -369,10 +369,7 @@ def grad_input_planes(x, dy, rows_per_sample, groups, chunk, m, k_dy, k_xc, k_0,
     R, C, I = x.shape
     chunks = (I + chunk - 1) // chunk
     for t in prange(R * C * chunks):
-        r = t // (C * chunks)
-        rem = t - r * C * chunks
-        c = rem // chunks
-        k = rem - c * chunks
+        r, c, k = _plane_task(t, C, chunks)
         g = (r // rows_per_sample) % groups
         mm = m[g, c]
         c1 = k_dy[g, c]
