@@ -53,16 +53,8 @@ class Layout:
         # elements averaged into each (group, feature) statistic
         self.count = (self.samples // self.groups if self.groups else 0) * (
             self.rows_per_sample * self.inner)
-
-    @property
-    def channels_last(self):
-        return self.inner == 1
-
-    @property
-    def canonical_shape(self):
-        if self.channels_last:
-            return (self.rows, self.channels)
-        return (self.rows, self.channels, self.inner)
+        self.canonical_shape = ((self.rows, self.channels) if self.inner == 1
+                                else (self.rows, self.channels, self.inner))
 
     def canonical(self, x):
         """``x`` as a C-contiguous (R, C) or (R, C, I) array; a view whenever possible."""
