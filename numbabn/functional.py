@@ -48,10 +48,10 @@ class BatchNormCache:
         Whether the gradient flows through the batch statistics.
     """
 
-    def __init__(self, *, x, layout, device, training, mean, inv_std, gamma, adj_scale, adj_bias,
-                 r, d, epsilon, dtype):
+    def __init__(self, *, x, layout, device, training, mean, var, inv_std, gamma, adj_scale,
+                 adj_bias, r, d, epsilon, dtype):
         self.x, self.layout, self.device, self.training = x, layout, device, training
-        self._mean, self._inv_std = mean, inv_std
+        self._mean, self._var, self._inv_std = mean, var, inv_std
         self._gamma, self._adj_scale, self._adj_bias, self._r, self._d = (
             gamma, adj_scale, adj_bias, r, d)
         self.epsilon, self.dtype = epsilon, dtype
@@ -68,7 +68,7 @@ class BatchNormCache:
 
     @property
     def variance(self):
-        return self._per_feature(1.0 / self._inv_std ** 2 - self.epsilon)
+        return self._per_feature(np.asarray(self._var, dtype=np.float64))
 
     @property
     def count(self):
@@ -199,8 +199,8 @@ def normalize_batch(xc, layout, device, mean, var, epsilon, gamma=None, beta=Non
         xc, layout.rows_per_sample, layout.groups, mean, var, epsilon, g, b, r_, d_, s_, a_,
         out=_canonical_out(out, layout))
     cache = BatchNormCache(x=xc, layout=layout, device=device, training=True, mean=mean,
-                           inv_std=inv_std, gamma=g, adj_scale=s_, adj_bias=a_, r=r_, d=d_,
-                           epsilon=epsilon, dtype=xc.dtype)
+                           var=var, inv_std=inv_std, gamma=g, adj_scale=s_, adj_bias=a_, r=r_,
+                           d=d_, epsilon=epsilon, dtype=xc.dtype)
     return _result(y, out, layout), cache
 
 
@@ -225,7 +225,7 @@ def normalize_moving(xc, layout, device, moving_mean, moving_var, epsilon, gamma
         xc, layout.rows_per_sample, 1, mm, mv, epsilon, g, b, ones, zeros, ones, zeros,
         out=_canonical_out(out, layout))
     cache = BatchNormCache(x=xc, layout=layout, device=device, training=False, mean=mm,
-                           inv_std=inv_std, gamma=g, adj_scale=ones, adj_bias=zeros, r=ones,
+                           var=mv, inv_std=inv_std, gamma=g, adj_scale=ones, adj_bias=zeros, r=ones,
                            d=zeros, epsilon=epsilon, dtype=xc.dtype)
     return _result(y, out, layout), cache
 

@@ -1,7 +1,7 @@
 """The layer against TensorFlow's own numbers.
 
-Each fixture in ``tests/golden/data`` was produced by ``tf.compat.v1.keras.layers.BatchNormalization``
-(see ``tests/golden/README.md``). A case is replayed step by step on a fresh numbabn layer, and
+Each fixture in ``tests/golden/data`` was produced by
+``tf.compat.v1.keras.layers.BatchNormalization`` (see ``tests/golden/README.md``). A case is replayed step by step on a fresh numbabn layer, and
 every output, input gradient, parameter gradient, weight and regularization loss is compared.
 """
 import json

@@ -420,7 +420,8 @@ def grad_coefficients(sum_dy, sum_dyxc, mean, inv_std, count, training, gamma, r
     ``A = gamma * adj_scale * r`` and ``n = count``, in training::
 
         dx     = A * inv * (dy - sum_dy / n - xhat * sum(dy * xhat) / n)
-        dgamma = sum over groups of adj_scale * (r * sum(dy * xhat) + d * sum_dy) + adj_bias * sum_dy
+        dgamma = sum over groups of
+                 adj_scale * (r * sum(dy * xhat) + d * sum_dy) + adj_bias * sum_dy
 
     and in inference ``dx = A * inv * dy``, ``dgamma = sum(dy * xhat)``.
     """
