@@ -90,7 +90,6 @@ def test_cancelling_cases_match_float64(case):
     layer.build(data["x0"].shape)
     layer.set_weights([data[f"init_w{i}"] for i in range(len(layer.weights))])
     gamma, beta = (w.astype(np.float64) for w in layer.get_weights()[:2])
-    axes = tuple(layer.axis) if layer.built else None
     x = data["x0"]
     y = layer(x, training=True)
     axes = tuple(layer.axis)
