@@ -339,8 +339,9 @@ def backward(dy, cache, out=None):
 def moving_average(moving, batch_stat, momentum):
     """``moving - (moving - batch_stat) * (1 - momentum)``, as a new array in ``moving``'s dtype."""
     out = np.array(moving, copy=True)
-    _dispatch.engine(_dispatch.CPU).moving_average(out, np.asarray(batch_stat),
-                                                     1.0 - float(momentum))
+    stat = np.asarray(batch_stat)
+    _dispatch.engine(_dispatch.CPU).moving_averages(out, stat, out[:0], stat[:0],
+                                                    1.0 - float(momentum))
     return out
 
 

@@ -671,13 +671,13 @@ class BatchNormalization:
         if self.renorm:
             stddev = np.sqrt(var + self.epsilon)
             decay = self._decay(self.renorm_momentum)
-            eng.moving_average(v["renorm_mean"].value, mean, decay)
-            eng.moving_average(v["renorm_stddev"].value, stddev, decay)
+            eng.moving_averages(v["renorm_mean"].value, mean, v["renorm_stddev"].value, stddev,
+                                decay)
             if frozen:
                 return
             decay = self._decay(self.momentum)
-            eng.moving_average(v["moving_mean"].value, mean, decay)
-            eng.moving_average(v["moving_stddev"].value, stddev, decay)
+            eng.moving_averages(v["moving_mean"].value, mean, v["moving_stddev"].value, stddev,
+                                decay)
             ms = v["moving_stddev"].value
             v["moving_variance"].value[...] = np.maximum(ms * ms - self._param_dtype.type(
                 self.epsilon), 0)
@@ -687,8 +687,7 @@ class BatchNormalization:
         if self._fused_path:
             var = var * (count / max(count - 1, 1))
         decay = self._decay(self.momentum)
-        eng.moving_average(v["moving_mean"].value, mean, decay)
-        eng.moving_average(v["moving_variance"].value, var, decay)
+        eng.moving_averages(v["moving_mean"].value, mean, v["moving_variance"].value, var, decay)
 
     def backward(self, dy):
         """Gradient of the last call with respect to its input.

@@ -87,8 +87,12 @@ def moments(x, rows_per_sample, groups):
         block = _row_block(rows_per_sample, C, UNIT_ELEMENTS)
         parts = -(-rows_per_sample // block)
         units, per_sample, length = samples * parts, parts, rows_per_sample
-        u_mean, u_m2 = _workspace("partials", np.float64, (units, C), (units, C))
         t1, t2 = _workspace("subsums", x.dtype, (units, C), (units, C))
+        if units == 1:                   # one unit is the whole (single-group) batch
+            _pick(kernels.unit_moments_rows, x.size)(x, rows_per_sample, block, mean, m2, t1, t2)
+            m2 /= count
+            return mean, m2
+        u_mean, u_m2 = _workspace("partials", np.float64, (units, C), (units, C))
         _pick(kernels.unit_moments_rows, x.size)(x, rows_per_sample, block, u_mean, u_m2, t1, t2)
     else:
         length = x.shape[2]
@@ -204,8 +208,9 @@ def backward(x, dy, rows_per_sample, groups, mean, inv_std, count, training, gam
     return dx, dgamma, dbeta
 
 
-def moving_average(moving, batch_stat, decay):
-    """In place ``moving -= (moving - batch_stat) * decay``, computed in ``moving``'s dtype."""
-    kernels.moving_average(moving.reshape(-1), np.asarray(batch_stat, moving.dtype).reshape(-1),
-                           moving.dtype.type(decay))
-    return moving
+def moving_averages(first, first_stat, second, second_stat, decay):
+    """In place ``moving -= (moving - stat) * decay`` for two weights of one dtype."""
+    dtype = first.dtype
+    kernels.moving_averages(first.reshape(-1), np.asarray(first_stat, dtype).reshape(-1),
+                            second.reshape(-1), np.asarray(second_stat, dtype).reshape(-1),
+                            dtype.type(decay))

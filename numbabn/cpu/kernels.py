@@ -454,7 +454,13 @@ def grad_coefficients(sum_dy, sum_dyxc, mean, inv_std, count, training, gamma, r
 
 
 @njit(**_SEQ)
-def moving_average(moving, batch_stat, decay):
-    """In place: ``moving -= (moving - batch_stat) * decay``, in the dtype of ``moving``."""
-    for c in range(moving.shape[0]):
-        moving[c] -= (moving[c] - batch_stat[c]) * decay
+def moving_averages(first, first_stat, second, second_stat, decay):
+    """In place, for two weights at once: ``moving -= (moving - stat) * decay``.
+
+    ``first_stat``/``second_stat`` are in the weights' dtype, so the update rounds like Keras'
+    (which runs it in the variable's dtype).
+    """
+    for c in range(first.shape[0]):
+        first[c] -= (first[c] - first_stat[c]) * decay
+    for c in range(second.shape[0]):
+        second[c] -= (second[c] - second_stat[c]) * decay
