@@ -40,6 +40,16 @@ def assert_close(actual, expected, dtype=None, scale=1.0, err_msg=""):
                                err_msg=err_msg)
 
 
+def numeric_grad(f, x, h=1e-6):
+    """Central differences of the scalar function ``f`` at the float64 array ``x``."""
+    g = np.zeros_like(x)
+    for i in np.ndindex(x.shape):
+        e = np.zeros_like(x)
+        e[i] = h
+        g[i] = (f(x + e) - f(x - e)) / (2 * h)
+    return g
+
+
 @pytest.fixture
 def rng():
     return np.random.default_rng(20261125)

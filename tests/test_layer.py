@@ -3,7 +3,7 @@ import json
 
 import numpy as np
 import pytest
-from conftest import assert_close
+from conftest import assert_close, numeric_grad
 
 import numbabn
 from numbabn import reference as R
@@ -11,13 +11,6 @@ from numbabn import reference as R
 BN = numbabn.BatchNormalization
 
 
-def numeric_grad(f, x, h=1e-6):
-    g = np.zeros_like(x)
-    for i in np.ndindex(x.shape):
-        e = np.zeros_like(x)
-        e[i] = h
-        g[i] = (f(x + e) - f(x - e)) / (2 * h)
-    return g
 
 
 LAYERS = [

@@ -5,18 +5,11 @@ statistics against direct formulas, gradients against central differences of the
 """
 import numpy as np
 import pytest
+from conftest import numeric_grad
 
 from numbabn import reference as R
 
 
-def numeric_grad(f, x, h=1e-6):
-    """Central differences of the scalar function ``f`` at ``x``."""
-    g = np.zeros_like(x)
-    for i in np.ndindex(x.shape):
-        e = np.zeros_like(x)
-        e[i] = h
-        g[i] = (f(x + e) - f(x - e)) / (2 * h)
-    return g
 
 
 def test_moments_closed_form(rng):
