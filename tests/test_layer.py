@@ -11,8 +11,6 @@ from numbabn import reference as R
 BN = numbabn.BatchNormalization
 
 
-
-
 LAYERS = [
     dict(),
     dict(axis=1),

@@ -10,8 +10,6 @@ from conftest import numeric_grad
 from numbabn import reference as R
 
 
-
-
 def test_moments_closed_form(rng):
     x = rng.normal(size=(7, 3))
     mean, var = R.moments(x, (1,))
