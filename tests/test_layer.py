@@ -314,3 +314,29 @@ def test_reused_outputs_never_change_arrays_the_caller_holds(shape, axis, rng):
     b = layer(xs[0], training=False)
     c = layer(xs[0], training=False)
     assert b is not c
+
+
+@pytest.mark.parametrize("shape", [(64, 8), (512, 96)])
+def test_concurrent_inference_on_a_shared_layer(shape, rng):
+    """Reused output arrays are handed to one caller at a time, also across threads."""
+    import threading
+
+    layer = BN()
+    layer(rng.normal(size=shape).astype(np.float32), training=True)
+    inputs = [rng.normal(size=shape).astype(np.float32) for _ in range(4)]
+    expected = [layer(x, training=False).copy() for x in inputs]
+    errors = []
+
+    def work(i):
+        for _ in range(150):
+            y = layer(inputs[i], training=False)
+            if not np.array_equal(y, expected[i]):
+                errors.append(i)
+                return
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
