@@ -107,7 +107,8 @@ def check_virtual_batch_size(value, name="virtual_batch_size"):
 
 
 def as_real_array(value, name, dtype=np.float64):
-    """``value`` as a real float array; ``TypeError`` naming ``name`` for anything else."""
+    """``value`` as a real array of ``dtype`` (``None``: its own); ``TypeError`` naming ``name``
+    for anything else."""
     try:
         arr = np.asarray(value)
     except (TypeError, ValueError):
@@ -116,7 +117,7 @@ def as_real_array(value, name, dtype=np.float64):
         kind = "" if arr is None else f" (got dtype {arr.dtype})"
         raise TypeError(f"`{name}` must be a real numeric array{kind}. "
                         f"{received(name, value)}")
-    return arr.astype(dtype)
+    return arr if dtype is None else arr.astype(dtype)
 
 
 def check_bool(value, name):

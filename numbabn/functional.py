@@ -94,8 +94,10 @@ def _check_not_empty(layout, x):
 
 
 def as_compute(x):
-    """Input cast to the dtype the kernels compute in: float64 stays, everything else float32."""
-    dtype = np.float64 if x.dtype == np.float64 else np.float32
+    """Input cast to the dtype the kernels compute in: float64 (of any byte order) stays float64,
+    everything else becomes float32; the result is in native byte order."""
+    dtype = np.dtype(np.float64 if (x.dtype.kind == "f" and x.dtype.itemsize == 8)
+                     else np.float32)
     return x if x.dtype == dtype else x.astype(dtype)
 
 
@@ -307,7 +309,8 @@ def batch_norm_backward(dy, cache):
     Returns
     -------
     dx : ndarray
-        Same shape and dtype as the forward output.
+        Same shape as the forward input; in ``dy``'s dtype when that is floating, else in the
+        forward computation's dtype.
     dgamma, dbeta : ndarray
         float64, ``feature_shape``: the gradients of the scale and the offset.
     """
@@ -337,18 +340,30 @@ def backward(dy, cache, out=None):
 
 
 def moving_average(moving, batch_stat, momentum):
-    """``moving - (moving - batch_stat) * (1 - momentum)``, as a new array in ``moving``'s dtype."""
-    out = np.array(moving, copy=True)
-    stat = np.asarray(batch_stat)
+    """``moving - (moving - batch_stat) * (1 - momentum)``, as a new array.
+
+    Computed in ``moving``'s dtype when it is floating (float64 otherwise); ``batch_stat``
+    broadcasts to ``moving``'s shape.
+    """
+    momentum = _validate.check_finite(momentum, "momentum")
+    out = _validate.as_real_array(moving, "moving", None)
+    out = as_compute(out) if out.dtype.kind == "f" else out.astype(np.float64)
+    out = np.array(out, copy=True)
+    stat = _validate.as_real_array(batch_stat, "batch_stat", out.dtype)
+    try:
+        stat = np.ascontiguousarray(np.broadcast_to(stat, out.shape))
+    except ValueError:
+        raise ValueError(f"`batch_stat` must broadcast to the shape of `moving` {out.shape}. "
+                         f"Received: batch_stat with shape {stat.shape}") from None
     _dispatch.engine(_dispatch.CPU).moving_averages(out, stat, out[:0], stat[:0],
-                                                    1.0 - float(momentum))
+                                                    1.0 - momentum)
     return out
 
 
 def _input(x):
     """Validate ``x``; return it with the dtype the result should have."""
     x, _ = _validate.as_input_array(x, "x")
-    return x, (x.dtype if x.dtype.kind == "f" else np.dtype(np.float32))
+    return x, (x.dtype.newbyteorder("=") if x.dtype.kind == "f" else np.dtype(np.float32))
 
 
 def _output(y, dtype):

@@ -356,8 +356,18 @@ class BatchNormalization:
                 f"{self.name}/{key}:0", value, trainable,
                 regularizer=getattr(self, f"{key}_regularizer", None),
                 constraint=getattr(self, f"{key}_constraint", None))
+        self._given_axis = self.axis
         self.axis = list(given)
         self.built = True
+
+    def _unbuild(self):
+        """Undo :meth:`build` (for a first call that failed after building)."""
+        self._variables = {}
+        self._input_spec = None
+        self._layouts.clear()
+        self._valid_shapes.clear()
+        self.axis = self._given_axis
+        self.built = False
 
     def _initial_values(self, shape):
         """Every weight's initial value, in Keras' creation order; validated before use."""
@@ -533,18 +543,24 @@ class BatchNormalization:
                     "`virtual_batch_size` must divide the batch size in training. Received: "
                     f"virtual_batch_size={self.virtual_batch_size} for inputs with shape "
                     f"{tuple(x.shape)}")
-        if not self.built:
+        building = not self.built
+        if building:
             self.build(x.shape)
+        try:
+            xc = x.astype(self._kernel_dtype, copy=False)
+            if training:
+                y, cache, commit = self._train(xc, device)
+            else:
+                y, cache = self._infer(xc, device)
+                commit = None
+            y = y.astype(self._compute_dtype, copy=False)
+        except BaseException:
+            if building:                 # a failed first call leaves the layer as it found it
+                self._unbuild()
+            raise
         if len(self._valid_shapes) > 64:
             self._valid_shapes.clear()
         self._valid_shapes.add(x.shape)
-        xc = x.astype(self._kernel_dtype, copy=False)
-        if training:
-            y, cache, commit = self._train(xc, device)
-        else:
-            y, cache = self._infer(xc, device)
-            commit = None
-        y = y.astype(self._compute_dtype, copy=False)
         if commit is not None:
             commit()                     # state changes only once everything has succeeded
         self._cache = (cache, x.dtype)

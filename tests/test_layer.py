@@ -340,3 +340,13 @@ def test_concurrent_inference_on_a_shared_layer(shape, rng):
     for t in threads:
         t.join()
     assert errors == []
+
+
+def test_a_failed_first_call_leaves_the_layer_unbuilt(rng):
+    layer = BN(adjustment=lambda shape: (np.ones(7), np.zeros(7)))      # wrong size for C = 3
+    with pytest.raises(ValueError, match="adjustment"):
+        layer(rng.normal(size=(8, 3)), training=True)
+    assert not layer.built and layer.weights == [] and layer.get_config()["axis"] == -1
+    layer.adjustment = lambda shape: (np.ones(shape[-1]), np.zeros(shape[-1]))
+    y = layer(rng.normal(size=(8, 5)), training=True)                  # builds for C = 5 now
+    assert y.shape == (8, 5) and layer.moving_mean.shape == (5,)

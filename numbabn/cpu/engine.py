@@ -87,13 +87,13 @@ def moments(x, rows_per_sample, groups):
         block = _row_block(rows_per_sample, C, UNIT_ELEMENTS)
         parts = -(-rows_per_sample // block)
         units, per_sample, length = samples * parts, parts, rows_per_sample
-        t1, t2 = _workspace("subsums", x.dtype, (units, C), (units, C))
+        (shifts,) = _workspace("shifts", np.float64, (units, C))
         if units == 1:                   # one unit is the whole (single-group) batch
-            _pick(kernels.unit_moments_rows, x.size)(x, rows_per_sample, block, mean, m2, t1, t2)
+            _pick(kernels.unit_moments_rows, x.size)(x, rows_per_sample, block, mean, m2, shifts)
             m2 /= count
             return mean, m2
         u_mean, u_m2 = _workspace("partials", np.float64, (units, C), (units, C))
-        _pick(kernels.unit_moments_rows, x.size)(x, rows_per_sample, block, u_mean, u_m2, t1, t2)
+        _pick(kernels.unit_moments_rows, x.size)(x, rows_per_sample, block, u_mean, u_m2, shifts)
     else:
         length = x.shape[2]
         block = min(length, UNIT_ELEMENTS)
@@ -133,30 +133,28 @@ def normalize(x, rows_per_sample, groups, mean, var, epsilon, gamma, beta, r, d,
     return out, inv_std
 
 
-def grad_sums(x, dy, rows_per_sample, groups, mean):
-    """``sum(dy)`` and ``sum(dy * (x - mean))`` per (group, feature), float64 ``(groups, C)``."""
+def grad_sums(x, dy, rows_per_sample, groups, m_hi):
+    """``sum(dy)`` and ``sum(dy * (x - m_hi))`` per (group, feature), float64 ``(groups, C)``.
+
+    ``m_hi`` is the mean rounded to ``x``'s dtype, ``(groups, C)``.
+    """
     C = x.shape[1]
     sum_dy = np.zeros((groups, C))
     sum_dyxc = np.zeros((groups, C))
     if x.size == 0:
         return sum_dy, sum_dyxc
-    mean = np.ascontiguousarray(mean, dtype=np.float64)
     samples = x.shape[0] // rows_per_sample
     if _small_groups(x, rows_per_sample, groups):
-        m_hi = mean.astype(x.dtype)
         _pick(kernels.group_grad_sums_rows, x.size)(x, dy, rows_per_sample, groups, m_hi, sum_dy,
                                                     sum_dyxc)
-        sum_dyxc -= (mean - m_hi) * sum_dy
         return sum_dy, sum_dyxc
     if x.ndim == 2:
         block = _row_block(rows_per_sample, C, UNIT_ELEMENTS)
         per_sample = -(-rows_per_sample // block)
         units = samples * per_sample
         u_dy, u_dyxc = _workspace("partials", np.float64, (units, C), (units, C))
-        t1, t2 = _workspace("subsums", x.dtype, (units, C), (units, C))
-        m_hi = mean.astype(x.dtype)
         _pick(kernels.unit_grad_sums_rows, x.size)(x, dy, rows_per_sample, groups, block, m_hi,
-                                                   u_dy, u_dyxc, t1, t2)
+                                                   u_dy, u_dyxc)
     else:
         inner = x.shape[2]
         chunk = min(inner, UNIT_ELEMENTS)
@@ -164,12 +162,9 @@ def grad_sums(x, dy, rows_per_sample, groups, mean):
         per_sample = per_row * rows_per_sample
         u_dy, u_dyxc = _workspace("partials", np.float64, (x.shape[0] * per_row, C),
                                   (x.shape[0] * per_row, C))
-        _pick(kernels.unit_grad_sums_planes, x.size)(x, dy, rows_per_sample, groups, chunk, mean,
+        _pick(kernels.unit_grad_sums_planes, x.size)(x, dy, rows_per_sample, groups, chunk, m_hi,
                                                      u_dy, u_dyxc)
     _pick(kernels.merge_sums, u_dy.size)(u_dy, u_dyxc, per_sample, groups, sum_dy, sum_dyxc)
-    if x.ndim == 2:
-        # the rows kernel centred on the rounded mean: sum(dy*(x-m)) = sum(dy*(x-m_hi)) - lo*sum(dy)
-        sum_dyxc -= (mean - m_hi) * sum_dy
     return sum_dy, sum_dyxc
 
 
@@ -180,12 +175,14 @@ def backward(x, dy, rows_per_sample, groups, mean, inv_std, count, training, gam
     Returns ``(dx, dgamma (C,), dbeta (C,))``; ``mean``/``inv_std`` are those of the forward pass.
     """
     G, C = mean.shape
-    sum_dy, sum_dyxc = grad_sums(x, dy, rows_per_sample, groups, mean)
-    m_hi, k_dy, k_xc, k_0 = np.empty((4, G, C), dtype=x.dtype)
+    mean = np.ascontiguousarray(mean, dtype=np.float64)
+    m_hi = mean.astype(x.dtype)
+    sum_dy, sum_dyxc = grad_sums(x, dy, rows_per_sample, groups, m_hi)
+    dy_mean, k_dy, k_xc, k_0 = np.empty((4, G, C), dtype=x.dtype)
     dgamma, dbeta = np.empty(C), np.empty(C)
     _pick(kernels.grad_coefficients, mean.size)(sum_dy, sum_dyxc, mean, inv_std, float(count),
                                                 training, gamma, r, d, adj_scale, adj_bias, m_hi,
-                                                k_dy, k_xc, k_0, dgamma, dbeta)
+                                                dy_mean, k_dy, k_xc, k_0, dgamma, dbeta)
     dx = np.empty_like(x) if out is None else out
     if x.size == 0:
         return dx, dgamma, dbeta
@@ -196,15 +193,15 @@ def backward(x, dy, rows_per_sample, groups, mean, inv_std, count, training, gam
         _pick(kernel, x.size)(dy, rows_per_sample, groups, *args, k_xc, k_dy, k_0, dx)
     elif _small_groups(x, rows_per_sample, groups):
         _pick(kernels.grad_input_rows_by_group, x.size)(x, dy, rows_per_sample, groups, m_hi,
-                                                        k_dy, k_xc, k_0, dx)
+                                                        dy_mean, k_dy, k_xc, k_0, dx)
     elif x.ndim == 2:
         block = _row_block(x.shape[0], C, TASK_ELEMENTS)
-        _pick(kernels.grad_input_rows, x.size)(x, dy, rows_per_sample, groups, block, m_hi, k_dy,
-                                               k_xc, k_0, dx)
+        _pick(kernels.grad_input_rows, x.size)(x, dy, rows_per_sample, groups, block, m_hi,
+                                               dy_mean, k_dy, k_xc, k_0, dx)
     else:
         _pick(kernels.grad_input_planes, x.size)(x, dy, rows_per_sample, groups,
-                                                 min(x.shape[2], TASK_ELEMENTS), m_hi, k_dy,
-                                                 k_xc, k_0, dx)
+                                                 min(x.shape[2], TASK_ELEMENTS), m_hi,
+                                                 dy_mean, k_dy, k_xc, k_0, dx)
     return dx, dgamma, dbeta
 
 

@@ -30,9 +30,6 @@ from numba import njit, prange
 _FASTMATH = {"reassoc", "contract", "arcp", "nsz"}
 _PAR = dict(parallel=True, cache=True, nogil=True, fastmath=_FASTMATH)
 _SEQ = dict(cache=True, nogil=True)
-# Rows of x.dtype summed before each float64 accumulation in the channels-last reductions: the
-# inner loop then runs at the input's vector width (8 float32 lanes, not 4 float64 ones).
-SUB_ROWS = 16
 
 
 def _parallel_and_serial(fn):
@@ -65,11 +62,11 @@ def _plane_task(t, channels, chunks):
 
 
 @_parallel_and_serial
-def unit_moments_rows(x, rows_per_sample, block, u_mean, u_m2, t1, t2):
+def unit_moments_rows(x, rows_per_sample, block, u_mean, u_m2, shifts):
     """Per-unit mean and M2 of ``x[R, C]``; unit = up to ``block`` rows of one sample.
 
-    ``t1``, ``t2`` are ``(units, C)`` scratch rows in ``x``'s dtype: ``SUB_ROWS`` shifted rows
-    are summed there before each float64 accumulation.
+    ``shifts`` is ``(units, C)`` float64 scratch: the unit's first row, the shift its sums are
+    taken around.
     """
     R, C = x.shape
     per_sample = (rows_per_sample + block - 1) // block
@@ -80,28 +77,23 @@ def unit_moments_rows(x, rows_per_sample, block, u_mean, u_m2, t1, t2):
         count = min(block, (n + 1) * rows_per_sample - r0)
         s1 = u_mean[u]
         s2 = u_m2[u]
-        a1 = t1[u]
-        a2 = t2[u]
+        shift = shifts[u]
+        x0 = x[r0]
+        for c in range(C):
+            shift[c] = x0[c]
         s1[:] = 0.0
         s2[:] = 0.0
-        shift = x[r0]
-        for j0 in range(0, count, SUB_ROWS):
-            a1[:] = 0.0
-            a2[:] = 0.0
-            for j in range(min(SUB_ROWS, count - j0)):
-                xr = x[r0 + j0 + j]
-                for c in range(C):
-                    d = xr[c] - shift[c]          # exact for x near the shift (Sterbenz)
-                    a1[c] += d
-                    a2[c] += d * d
+        for j in range(count):
+            xr = x[r0 + j]
             for c in range(C):
-                s1[c] += np.float64(a1[c])
-                s2[c] += np.float64(a2[c])
+                d = np.float64(xr[c]) - shift[c]
+                s1[c] += d
+                s2[c] += d * d
         inv_count = 1.0 / count
         for c in range(C):
             mean_d = s1[c] * inv_count
             s2[c] = s2[c] - s1[c] * mean_d
-            s1[c] = np.float64(shift[c]) + mean_d
+            s1[c] = shift[c] + mean_d
 
 
 @_parallel_and_serial
@@ -243,10 +235,11 @@ def affine_planes(x, rows_per_sample, groups, chunk, m, a, b, y):
 
 
 @_parallel_and_serial
-def unit_grad_sums_rows(x, dy, rows_per_sample, groups, block, m, u_dy, u_dyxc, t1, t2):
+def unit_grad_sums_rows(x, dy, rows_per_sample, groups, block, m, u_dy, u_dyxc):
     """Per-unit ``sum(dy)`` and ``sum(dy * (x - m[g]))`` over row blocks of ``x[R, C]``.
 
-    ``m`` is the mean in ``x``'s dtype; ``t1``, ``t2`` are scratch as in ``unit_moments_rows``.
+    ``m`` is the mean rounded to ``x``'s dtype (``x - m`` is then exact near the mean); products
+    and sums are float64.
     """
     R, C = x.shape
     per_sample = (rows_per_sample + block - 1) // block
@@ -258,22 +251,15 @@ def unit_grad_sums_rows(x, dy, rows_per_sample, groups, block, m, u_dy, u_dyxc, 
         count = min(block, (n + 1) * rows_per_sample - r0)
         s1 = u_dy[u]
         s2 = u_dyxc[u]
-        a1 = t1[u]
-        a2 = t2[u]
         s1[:] = 0.0
         s2[:] = 0.0
-        for j0 in range(0, count, SUB_ROWS):
-            a1[:] = 0.0
-            a2[:] = 0.0
-            for j in range(min(SUB_ROWS, count - j0)):
-                xr = x[r0 + j0 + j]
-                gr = dy[r0 + j0 + j]
-                for c in range(C):
-                    a1[c] += gr[c]
-                    a2[c] += gr[c] * (xr[c] - mg[c])
+        for j in range(count):
+            xr = x[r0 + j]
+            gr = dy[r0 + j]
             for c in range(C):
-                s1[c] += np.float64(a1[c])
-                s2[c] += np.float64(a2[c])
+                g_ = np.float64(gr[c])
+                s1[c] += g_
+                s2[c] += g_ * np.float64(xr[c] - mg[c])
 
 
 @_parallel_and_serial
@@ -293,18 +279,19 @@ def group_grad_sums_rows(x, dy, rows_per_sample, groups, m, sum_dy, sum_dyxc):
                 xr = x[base + p]
                 gr = dy[base + p]
                 for c in range(C):
-                    s1[c] += np.float64(gr[c])
-                    s2[c] += np.float64(gr[c] * (xr[c] - mg[c]))
+                    g_ = np.float64(gr[c])
+                    s1[c] += g_
+                    s2[c] += g_ * np.float64(xr[c] - mg[c])
 
 
 @_parallel_and_serial
-def unit_grad_sums_planes(x, dy, rows_per_sample, groups, chunk, mean, u_dy, u_dyxc):
-    """Per-unit ``sum(dy)`` and ``sum(dy * (x - mean[g]))`` over plane chunks of ``x[R, C, I]``."""
+def unit_grad_sums_planes(x, dy, rows_per_sample, groups, chunk, m, u_dy, u_dyxc):
+    """Per-unit ``sum(dy)`` and ``sum(dy * (x - m[g]))`` over plane chunks of ``x[R, C, I]``."""
     R, C, I = x.shape
     chunks = (I + chunk - 1) // chunk
     for t in prange(R * C * chunks):
         r, c, k = _plane_task(t, C, chunks)
-        mm = mean[(r // rows_per_sample) % groups, c]
+        mm = m[(r // rows_per_sample) % groups, c]
         n = min(chunk, I - k * chunk)
         v = x[r, c, k * chunk:k * chunk + n]
         dv = dy[r, c, k * chunk:k * chunk + n]
@@ -313,7 +300,7 @@ def unit_grad_sums_planes(x, dy, rows_per_sample, groups, chunk, mean, u_dy, u_d
         for i in range(n):
             g_ = np.float64(dv[i])
             s1 += g_
-            s2 += g_ * (np.float64(v[i]) - mm)
+            s2 += g_ * np.float64(v[i] - mm)
         u_dy[r * chunks + k, c] = s1
         u_dyxc[r * chunks + k, c] = s2
 
@@ -336,42 +323,46 @@ def merge_sums(u_a, u_b, units_per_sample, groups, a, b):
 
 
 @_parallel_and_serial
-def grad_input_rows(x, dy, rows_per_sample, groups, block, m, k_dy, k_xc, k_0, dx):
-    """``dx = k_dy * dy + k_xc * (x - m) + k_0``, coefficients per (group, feature)."""
+def grad_input_rows(x, dy, rows_per_sample, groups, block, m, dy_mean, k_dy, k_xc, k_0, dx):
+    """``dx = k_dy * (dy - dy_mean) + k_xc * (x - m) + k_0``, per (group, feature).
+
+    Centring ``dy`` before scaling makes ``dx`` exactly zero where a feature has one value.
+    """
     R, C = x.shape
     for t in prange((R + block - 1) // block):
         for r in range(t * block, min((t + 1) * block, R)):
             g = (r // rows_per_sample) % groups
-            xr, gr, dr, mg = x[r], dy[r], dx[r], m[g]
+            xr, gr, dr, mg, gm = x[r], dy[r], dx[r], m[g], dy_mean[g]
             c1, c2, c3 = k_dy[g], k_xc[g], k_0[g]
             for c in range(C):
-                dr[c] = c1[c] * gr[c] + c2[c] * (xr[c] - mg[c]) + c3[c]
+                dr[c] = c1[c] * (gr[c] - gm[c]) + c2[c] * (xr[c] - mg[c]) + c3[c]
 
 
 @_parallel_and_serial
-def grad_input_rows_by_group(x, dy, rows_per_sample, groups, m, k_dy, k_xc, k_0, dx):
+def grad_input_rows_by_group(x, dy, rows_per_sample, groups, m, dy_mean, k_dy, k_xc, k_0, dx):
     """``grad_input_rows`` visiting the rows group by group (see ``affine_rows_by_group``)."""
     R, C = x.shape
     samples_per_group = R // (rows_per_sample * groups)
     for g in prange(groups):
-        mg, c1, c2, c3 = m[g], k_dy[g], k_xc[g], k_0[g]
+        mg, gm, c1, c2, c3 = m[g], dy_mean[g], k_dy[g], k_xc[g], k_0[g]
         for v in range(samples_per_group):
             base = (v * groups + g) * rows_per_sample
             for p in range(rows_per_sample):
                 xr, gr, dr = x[base + p], dy[base + p], dx[base + p]
                 for c in range(C):
-                    dr[c] = c1[c] * gr[c] + c2[c] * (xr[c] - mg[c]) + c3[c]
+                    dr[c] = c1[c] * (gr[c] - gm[c]) + c2[c] * (xr[c] - mg[c]) + c3[c]
 
 
 @_parallel_and_serial
-def grad_input_planes(x, dy, rows_per_sample, groups, chunk, m, k_dy, k_xc, k_0, dx):
-    """``dx = k_dy * dy + k_xc * (x - m) + k_0`` on planes, coefficients per (group, feature)."""
+def grad_input_planes(x, dy, rows_per_sample, groups, chunk, m, dy_mean, k_dy, k_xc, k_0, dx):
+    """``dx = k_dy * (dy - dy_mean) + k_xc * (x - m) + k_0`` on planes, per (group, feature)."""
     R, C, I = x.shape
     chunks = (I + chunk - 1) // chunk
     for t in prange(R * C * chunks):
         r, c, k = _plane_task(t, C, chunks)
         g = (r // rows_per_sample) % groups
         mm = m[g, c]
+        gm = dy_mean[g, c]
         c1 = k_dy[g, c]
         c2 = k_xc[g, c]
         c3 = k_0[g, c]
@@ -380,7 +371,7 @@ def grad_input_planes(x, dy, rows_per_sample, groups, chunk, m, k_dy, k_xc, k_0,
         dv = dy[r, c, k * chunk:k * chunk + n]
         w = dx[r, c, k * chunk:k * chunk + n]
         for i in range(n):
-            w[i] = c1 * dv[i] + c2 * (v[i] - mm) + c3
+            w[i] = c1 * (dv[i] - gm) + c2 * (v[i] - mm) + c3
 
 
 # ------------------------------------------------------------------------------------------------
@@ -413,10 +404,11 @@ def affine_coefficients(mean, var, epsilon, gamma, beta, r, d, adj_scale, adj_bi
 
 @_parallel_and_serial
 def grad_coefficients(sum_dy, sum_dyxc, mean, inv_std, count, training, gamma, r, d, adj_scale,
-                      adj_bias, m_hi, k_dy, k_xc, k_0, dgamma, dbeta):
-    """Coefficients of ``dx = k_dy * dy + k_xc * (x - m_hi) + k_0``, and dgamma, dbeta.
+                      adj_bias, m_hi, dy_mean, k_dy, k_xc, k_0, dgamma, dbeta):
+    """Coefficients of ``dx = k_dy * (dy - dy_mean) + k_xc * (x - m_hi) + k_0``; dgamma, dbeta.
 
-    From the per-(group, feature) sums ``sum(dy)`` and ``sum(dy * (x - mean))``; with
+    ``sum_dyxc`` is ``sum(dy * (x - m_hi))`` around the mean rounded to ``x``'s dtype (``m_hi``,
+    filled here); the rounding remainder is corrected for in float64. With
     ``A = gamma * adj_scale * r`` and ``n = count``, in training::
 
         dx     = A * inv * (dy - sum_dy / n - xhat * sum(dy * xhat) / n)
@@ -428,16 +420,19 @@ def grad_coefficients(sum_dy, sum_dyxc, mean, inv_std, count, training, gamma, r
     G, C = mean.shape
     for g in prange(G):
         for c in range(C):
+            m_hi[g, c] = mean[g, c]
+            lo = mean[g, c] - np.float64(m_hi[g, c])
+            sum_dyxc[g, c] -= lo * sum_dy[g, c]          # now sum(dy * (x - mean))
             inv = inv_std[g, c]
             scale = np.float64(gamma[c]) * adj_scale[c] * r[c] * inv
-            m_hi[g, c] = mean[g, c]
             k_dy[g, c] = scale
             if training:
                 kx = -scale * inv * inv * sum_dyxc[g, c] / count    # xhat * sum(dy * xhat) / n
-                lo = mean[g, c] - np.float64(m_hi[g, c])
+                dy_mean[g, c] = sum_dy[g, c] / count
                 k_xc[g, c] = kx
-                k_0[g, c] = -scale * sum_dy[g, c] / count - lo * kx
+                k_0[g, c] = -lo * kx
             else:
+                dy_mean[g, c] = 0.0
                 k_xc[g, c] = 0.0
                 k_0[g, c] = 0.0
     dgamma[:] = 0.0
