@@ -23,7 +23,6 @@ its final test accuracy, its peak training loss, and whether the loss became NaN
 Everything except the BN layers (Dense, ReLU, softmax cross-entropy, SGD) is written out in NumPy
 below, as a template for a custom training loop around :class:`numbabn.BatchNormalization`.
 """
-import contextlib
 import dataclasses
 import sys
 import time
@@ -398,30 +397,13 @@ def plot(results, path):
     return True
 
 
-@contextlib.contextmanager
-def one_kernel_thread():
-    """Run numbabn's kernels on one thread inside the block (the calling thread's setting).
-
-    The demo's batches are 32 x 64 values: far too small for a thread pool to pay off, and the
-    OpenMP pool's spin-waiting makes every kernel launch slow (up to 10x the whole run) as soon as
-    another process competes for the cores.
-    """
-    import numba
-    before = numba.get_num_threads()
-    numba.set_num_threads(1)
-    try:
-        yield
-    finally:
-        numba.set_num_threads(before)
-
-
 def describe_setup(data, steps, seed):
     return (f"numbabn demo: digits MLP 64-64-10, {len(data.y_train)} train / "
             f"{len(data.y_test)} test images, seed {seed}\n"
             "inputs: raw pixel values 0..16, deliberately NOT standardized\n"
             f"plain SGD, batch {BATCH_SIZE}, {steps} steps per run, test accuracy every "
             f"{EVAL_EVERY} steps with BN in inference mode (moving statistics, "
-            f"momentum {BN_MOMENTUM}), kernels on 1 thread")
+            f"momentum {BN_MOMENTUM})")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -452,8 +434,7 @@ def run(args):
     progress = None if args.quiet else ProgressBar(4 * args.steps)
     start = time.perf_counter()
     try:
-        with one_kernel_thread():
-            results = compare(args.steps, args.seed, data=data, progress=progress)
+        results = compare(args.steps, args.seed, data=data, progress=progress)
     finally:
         if progress is not None:
             progress.close()

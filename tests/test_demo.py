@@ -27,8 +27,7 @@ def data():
 
 @pytest.fixture(scope="module")
 def results(data):
-    with demo.one_kernel_thread():
-        return demo.compare(steps=STEPS, seed=0, data=data)
+    return demo.compare(steps=STEPS, seed=0, data=data)
 
 
 def _run(results, batch_norm, lr_name):
@@ -95,8 +94,7 @@ def test_steps_to_target_is_the_first_evaluation_at_the_target(results):
 
 
 def test_runs_are_reproducible(data, results):
-    with demo.one_kernel_thread():
-        again = demo.train(data, True, demo.LEARNING_RATES["normal"], STEPS, seed=0)
+    again = demo.train(data, True, demo.LEARNING_RATES["normal"], STEPS, seed=0)
     first = _run(results, True, "normal")
     assert again.losses == first.losses
     assert again.test_accuracy == first.test_accuracy
