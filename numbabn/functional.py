@@ -116,7 +116,7 @@ def _check_virtual_batch(vbs, axes, shape):
 _CONSTANTS = {}
 
 
-def _constant(channels, value):
+def constant(channels, value):
     """A read-only ``(C,)`` float64 vector of ``value``, shared between calls."""
     key = (channels, value)
     v = _CONSTANTS.get(key)
@@ -131,7 +131,7 @@ def _constant(channels, value):
 def _per_feature_vector(value, channels, name, default):
     """A per-feature argument as a flat float ``(C,)`` vector (``default`` when ``None``)."""
     if value is None:
-        return _constant(channels, default)
+        return constant(channels, default)
     if (isinstance(value, np.ndarray) and value.ndim == 1 and value.size == channels
             and value.dtype == np.float64):
         return value                          # already a per-feature vector: no copy
@@ -191,18 +191,25 @@ def normalize_batch(xc, layout, device, mean, var, epsilon, gamma=None, beta=Non
     transposition).
     """
     C = layout.channels
-    g = _per_feature_vector(gamma, C, "gamma", 1.0)
-    b = _per_feature_vector(beta, C, "beta", 0.0)
-    r_ = _per_feature_vector(r, C, "r", 1.0)
-    d_ = _per_feature_vector(d, C, "d", 0.0)
-    s_ = _per_feature_vector(adj_scale, C, "adj_scale", 1.0)
-    a_ = _per_feature_vector(adj_bias, C, "adj_bias", 0.0)
+    return normalize_vectors(
+        xc, layout, device, mean, var, epsilon, _per_feature_vector(gamma, C, "gamma", 1.0),
+        _per_feature_vector(beta, C, "beta", 0.0), _per_feature_vector(r, C, "r", 1.0),
+        _per_feature_vector(d, C, "d", 0.0), _per_feature_vector(adj_scale, C, "adj_scale", 1.0),
+        _per_feature_vector(adj_bias, C, "adj_bias", 0.0), out)
+
+
+def normalize_vectors(xc, layout, device, mean, var, epsilon, gamma, beta, r, d, adj_scale,
+                      adj_bias, out=None):
+    """:func:`normalize_batch` for factors that are already float64 ``(C,)`` vectors.
+
+    No checks: for callers that built the vectors themselves (the layer, on every call).
+    """
     y, inv_std = _dispatch.engine(device).normalize(
-        xc, layout.rows_per_sample, layout.groups, mean, var, epsilon, g, b, r_, d_, s_, a_,
-        out=_canonical_out(out, layout))
+        xc, layout.rows_per_sample, layout.groups, mean, var, epsilon, gamma, beta, r, d,
+        adj_scale, adj_bias, out=_canonical_out(out, layout))
     cache = BatchNormCache(x=xc, layout=layout, device=device, training=True, mean=mean,
-                           var=var, inv_std=inv_std, gamma=g, adj_scale=s_, adj_bias=a_, r=r_,
-                           d=d_, epsilon=epsilon, dtype=xc.dtype)
+                           var=var, inv_std=inv_std, gamma=gamma, adj_scale=adj_scale,
+                           adj_bias=adj_bias, r=r, d=d, epsilon=epsilon, dtype=xc.dtype)
     return _result(y, out, layout), cache
 
 
@@ -222,7 +229,7 @@ def normalize_moving(xc, layout, device, moving_mean, moving_var, epsilon, gamma
     mv = _per_feature_vector(moving_var, C, "moving_variance", 1.0)[None]
     g = _per_feature_vector(gamma, C, "gamma", 1.0)
     b = _per_feature_vector(beta, C, "beta", 0.0)
-    ones, zeros = _constant(C, 1.0), _constant(C, 0.0)
+    ones, zeros = constant(C, 1.0), constant(C, 0.0)
     y, inv_std = _dispatch.engine(device).normalize(
         xc, layout.rows_per_sample, 1, mm, mv, epsilon, g, b, ones, zeros, ones, zeros,
         out=_canonical_out(out, layout))

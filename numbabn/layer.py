@@ -527,22 +527,9 @@ class BatchNormalization:
         x, device = _validate.as_input_array(inputs, "inputs")
         _dispatch.engine(device)             # an unsupported device fails before any state change
         training = self._check_training(training)
-        if self.built and x.shape in self._valid_shapes:
-            axes = self._axes                # validated before: skip the per-call checks
-        else:
-            if self.built:
-                self._check_input_spec(x.shape)
-            axes = self._resolve_axes(x.ndim)
-        if training:
-            if x.size == 0 or any(x.shape[a] == 0 for a in range(x.ndim) if a not in axes):
-                raise ValueError(
-                    "Cannot compute batch statistics of an empty batch in training: the moving "
-                    f"statistics would become NaN. Received: inputs with shape {tuple(x.shape)}")
-            if self.virtual_batch_size is not None and x.shape[0] % self.virtual_batch_size:
-                raise ValueError(
-                    "`virtual_batch_size` must divide the batch size in training. Received: "
-                    f"virtual_batch_size={self.virtual_batch_size} for inputs with shape "
-                    f"{tuple(x.shape)}")
+        checked = (x.shape, training)
+        if not (self.built and checked in self._valid_shapes):
+            self._check_call(x.shape, training)
         building = not self.built
         if building:
             self.build(x.shape)
@@ -560,11 +547,27 @@ class BatchNormalization:
             raise
         if len(self._valid_shapes) > 64:
             self._valid_shapes.clear()
-        self._valid_shapes.add(x.shape)
+        self._valid_shapes.add(checked)      # passed every check: skip them next time
         if commit is not None:
             commit()                     # state changes only once everything has succeeded
         self._cache = (cache, x.dtype)
         return y
+
+    def _check_call(self, shape, training):
+        """Checks of an input shape that do not depend on the values (memoized per shape)."""
+        if self.built:
+            self._check_input_spec(shape)
+        axes = self._resolve_axes(len(shape))
+        if training:
+            if any(shape[a] == 0 for a in range(len(shape)) if a not in axes) or 0 in shape:
+                raise ValueError(
+                    "Cannot compute batch statistics of an empty batch in training: the moving "
+                    f"statistics would become NaN. Received: inputs with shape {tuple(shape)}")
+            if self.virtual_batch_size is not None and shape[0] % self.virtual_batch_size:
+                raise ValueError(
+                    "`virtual_batch_size` must divide the batch size in training. Received: "
+                    f"virtual_batch_size={self.virtual_batch_size} for inputs with shape "
+                    f"{tuple(shape)}")
 
     def _check_training(self, training):
         if training is None:
@@ -634,15 +637,16 @@ class BatchNormalization:
         # under ghost batching the moving statistics take the average over groups
         batch_mean, batch_var = (mean[0], var[0]) if layout.groups == 1 else (
             mean.mean(axis=0), var.mean(axis=0))
-        r = d = None
-        if self.renorm:
-            r, d = self._renorm_correction(batch_mean, batch_var)
-        adj_scale = adj_bias = None
-        if self.adjustment is not None:
-            adj_scale, adj_bias = self._adjustment_factors(x.shape)
-        y, cache = F.normalize_batch(xc, layout, device, mean, var, self.epsilon,
-                                     self._flat("gamma"), self._flat("beta"), r, d,
-                                     adj_scale, adj_bias, out=self._output(layout, x.dtype, "y"))
+        C = layout.channels
+        ones, zeros = F.constant(C, 1.0), F.constant(C, 0.0)
+        r, d = self._renorm_correction(batch_mean, batch_var) if self.renorm else (ones, zeros)
+        adj_scale, adj_bias = (self._adjustment_factors(x.shape) if self.adjustment is not None
+                               else (ones, zeros))
+        gamma, beta = self._flat("gamma"), self._flat("beta")
+        y, cache = F.normalize_vectors(
+            xc, layout, device, mean, var, self.epsilon, ones if gamma is None else gamma,
+            zeros if beta is None else beta, r, d, adj_scale, adj_bias,
+            out=self._output(layout, x.dtype, "y"))
 
         def commit():
             self._update_statistics(eng, batch_mean, batch_var, layout.count)
