@@ -60,7 +60,7 @@ class BatchNormCache:
     def _per_feature(self, a):
         ghost = self.training and self.layout.ghost
         shape = (a.shape[0],) + self.feature_shape if ghost else self.feature_shape
-        return a.reshape(shape)
+        return a.reshape(shape).copy()        # the cache keeps its own for the backward pass
 
     @property
     def mean(self):
@@ -132,10 +132,7 @@ def _per_feature_vector(value, channels, name, default):
     """A per-feature argument as a flat float ``(C,)`` vector (``default`` when ``None``)."""
     if value is None:
         return constant(channels, default)
-    if (isinstance(value, np.ndarray) and value.ndim == 1 and value.size == channels
-            and value.dtype == np.float64):
-        return value                          # already a per-feature vector: no copy
-    v = _validate.as_real_array(value, name)
+    v = _validate.as_real_array(value, name)          # a copy: later writes cannot reach it
     if v.size == 1:
         return np.full(channels, float(v.reshape(())))
     if v.size != channels:
