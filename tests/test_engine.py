@@ -204,3 +204,17 @@ def test_non_native_byte_order_is_computed_in_its_precision(rng):
     y_swapped, _ = F.batch_norm_train(x.astype(">f8"))
     assert y_swapped.dtype == np.float64
     np.testing.assert_allclose(y_swapped, y_native, rtol=1e-12, atol=1e-12)
+
+
+def test_the_cache_is_isolated_from_the_callers_arrays(rng):
+    x = rng.normal(size=(32, 4))
+    dy = rng.normal(size=(32, 4))
+    gamma, mean, var = rng.uniform(0.5, 2, 4), rng.normal(size=4), rng.uniform(0.5, 2, 4)
+    for forward in (lambda: F.batch_norm_train(x, gamma), lambda: F.batch_norm_infer(
+            x, mean, var, gamma)):
+        _, cache = forward()
+        want = F.batch_norm_backward(dy, cache)
+        for a in (gamma, mean, var, cache.mean, cache.variance):
+            a += 1.0
+        for got, expected in zip(F.batch_norm_backward(dy, cache), want):
+            np.testing.assert_array_equal(got, expected)
