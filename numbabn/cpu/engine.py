@@ -119,18 +119,23 @@ def normalize(x, rows_per_sample, groups, mean, var, epsilon, gamma, beta, r, d,
     m_hi, a, b = np.empty((3, G, C), dtype=x.dtype)
     _pick(kernels.affine_coefficients, mean.size)(mean, var, epsilon, gamma, beta, r, d,
                                                   adj_scale, adj_bias, inv_std, m_hi, a, b)
+    return _affine(x, rows_per_sample, groups, m_hi, a, b, out), inv_std
+
+
+def _affine(x, rows_per_sample, groups, m, a, b, out):
+    """``out = (x - m) * a + b`` per (group, feature), with the kernel that suits the layout."""
     out = np.empty_like(x) if out is None else out
     if x.size == 0:
-        return out, inv_std
+        return out
     if _small_groups(x, rows_per_sample, groups):
-        _pick(kernels.affine_rows_by_group, x.size)(x, rows_per_sample, groups, m_hi, a, b, out)
+        _pick(kernels.affine_rows_by_group, x.size)(x, rows_per_sample, groups, m, a, b, out)
     elif x.ndim == 2:
         block = _row_block(x.shape[0], x.shape[1], TASK_ELEMENTS)
-        _pick(kernels.affine_rows, x.size)(x, rows_per_sample, groups, block, m_hi, a, b, out)
+        _pick(kernels.affine_rows, x.size)(x, rows_per_sample, groups, block, m, a, b, out)
     else:
         _pick(kernels.affine_planes, x.size)(x, rows_per_sample, groups,
-                                             min(x.shape[2], TASK_ELEMENTS), m_hi, a, b, out)
-    return out, inv_std
+                                             min(x.shape[2], TASK_ELEMENTS), m, a, b, out)
+    return out
 
 
 def grad_sums(x, dy, rows_per_sample, groups, m_hi):
@@ -183,15 +188,12 @@ def backward(x, dy, rows_per_sample, groups, mean, inv_std, count, training, gam
     _pick(kernels.grad_coefficients, mean.size)(sum_dy, sum_dyxc, mean, inv_std, float(count),
                                                 training, gamma, r, d, adj_scale, adj_bias, m_hi,
                                                 dy_mean, k_dy, k_xc, k_0, dgamma, dbeta)
+    if not training:                     # dx = dy * k: the affine pass with m = b = 0
+        return _affine(dy, rows_per_sample, groups, k_xc, k_dy, k_0, out), dgamma, dbeta
     dx = np.empty_like(x) if out is None else out
     if x.size == 0:
         return dx, dgamma, dbeta
-    if not training:                     # dx = dy * k: the affine kernel with m = b = 0
-        kernel, args = ((kernels.affine_rows, (_row_block(x.shape[0], C, TASK_ELEMENTS),))
-                        if x.ndim == 2 else
-                        (kernels.affine_planes, (min(x.shape[2], TASK_ELEMENTS),)))
-        _pick(kernel, x.size)(dy, rows_per_sample, groups, *args, k_xc, k_dy, k_0, dx)
-    elif _small_groups(x, rows_per_sample, groups):
+    if _small_groups(x, rows_per_sample, groups):
         _pick(kernels.grad_input_rows_by_group, x.size)(x, dy, rows_per_sample, groups, m_hi,
                                                         dy_mean, k_dy, k_xc, k_0, dx)
     elif x.ndim == 2:
