@@ -106,6 +106,22 @@ def check_virtual_batch_size(value, name="virtual_batch_size"):
     return int(value)
 
 
+def check_ghost_axes(axes, shown_axis):
+    """Ghost batches split axis 0, so it cannot be a feature axis (``shown_axis``: as given)."""
+    if 0 in axes:
+        raise ValueError(
+            "When using `virtual_batch_size`, the batch dimension must be 0 and thus axis "
+            f"cannot include 0. Received axis={shown_axis!r}")
+
+
+def check_ghost_batch(virtual_batch_size, shape):
+    """A training batch must be a non-empty multiple of ``virtual_batch_size``."""
+    if not shape or shape[0] == 0 or shape[0] % virtual_batch_size:
+        raise ValueError(
+            "`virtual_batch_size` must divide the batch size in training. Received: "
+            f"virtual_batch_size={virtual_batch_size} for inputs with shape {tuple(shape)}")
+
+
 def as_real_array(value, name, dtype=np.float64):
     """``value`` as a real array of ``dtype`` (``None``: its own); ``TypeError`` naming ``name``
     for anything else."""

@@ -82,7 +82,8 @@ def _prepare(x, axis, virtual_batch_size=None):
     x = as_compute(x)
     virtual_batch_size = _validate.check_virtual_batch_size(virtual_batch_size)
     if virtual_batch_size is not None:
-        _check_virtual_batch(virtual_batch_size, axes, x.shape)
+        _validate.check_ghost_axes(axes, list(axes))
+        _validate.check_ghost_batch(virtual_batch_size, x.shape)
     layout = Layout(x.shape, axes, virtual_batch_size)
     return x, layout, device
 
@@ -99,18 +100,6 @@ def as_compute(x):
     dtype = np.dtype(np.float64 if (x.dtype.kind == "f" and x.dtype.itemsize == 8)
                      else np.float32)
     return x if x.dtype == dtype else x.astype(dtype)
-
-
-def _check_virtual_batch(vbs, axes, shape):
-    if 0 in axes:
-        raise ValueError(
-            "When using `virtual_batch_size`, the batch dimension must be 0 and thus axis "
-            f"cannot include 0. Received axis={list(axes)}")
-    if not shape or shape[0] == 0 or shape[0] % vbs:
-        raise ValueError(
-            "`virtual_batch_size` must be a positive integer that divides the true batch size of "
-            f"the input. Received: virtual_batch_size={vbs} for a batch of "
-            f"{shape[0] if shape else 0}")
 
 
 _CONSTANTS = {}

@@ -311,10 +311,8 @@ class BatchNormalization:
 
     def _resolve_axes(self, ndim):
         axes = _validate.resolve_axes(self.axis, ndim)
-        if self.virtual_batch_size is not None and 0 in axes:
-            raise ValueError(
-                "When using `virtual_batch_size`, the batch dimension must be 0 and thus axis "
-                f"cannot include 0. Received axis={self.axis!r}")
+        if self.virtual_batch_size is not None:
+            _validate.check_ghost_axes(axes, self.axis)
         return axes
 
     def build(self, input_shape):
@@ -557,17 +555,14 @@ class BatchNormalization:
         """Checks of an input shape that do not depend on the values (memoized per shape)."""
         if self.built:
             self._check_input_spec(shape)
-        axes = self._resolve_axes(len(shape))
+        self._resolve_axes(len(shape))
         if training:
-            if any(shape[a] == 0 for a in range(len(shape)) if a not in axes) or 0 in shape:
+            if 0 in shape:
                 raise ValueError(
                     "Cannot compute batch statistics of an empty batch in training: the moving "
                     f"statistics would become NaN. Received: inputs with shape {tuple(shape)}")
-            if self.virtual_batch_size is not None and shape[0] % self.virtual_batch_size:
-                raise ValueError(
-                    "`virtual_batch_size` must divide the batch size in training. Received: "
-                    f"virtual_batch_size={self.virtual_batch_size} for inputs with shape "
-                    f"{tuple(shape)}")
+            if self.virtual_batch_size is not None:
+                _validate.check_ghost_batch(self.virtual_batch_size, shape)
 
     def _check_training(self, training):
         if training is None:
