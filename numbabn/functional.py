@@ -76,8 +76,10 @@ class BatchNormCache:
 
 
 def _prepare(x, axis, virtual_batch_size=None):
-    """Validate ``x`` and ``axis``; return the compute-dtype input, its layout and device."""
+    """Validate ``x`` and ``axis``; return the compute-dtype input, its layout, its device and
+    the dtype results are returned in (``x``'s, native, when floating; float32 otherwise)."""
     x, device = _validate.as_input_array(x, "x")
+    result_dtype = x.dtype.newbyteorder("=") if x.dtype.kind == "f" else np.dtype(np.float32)
     axes = _validate.resolve_axes(axis, x.ndim)
     x = as_compute(x)
     virtual_batch_size = _validate.check_virtual_batch_size(virtual_batch_size)
@@ -85,7 +87,7 @@ def _prepare(x, axis, virtual_batch_size=None):
         _validate.check_ghost_axes(axes, list(axes))
         _validate.check_ghost_batch(virtual_batch_size, x.shape)
     layout = Layout(x.shape, axes, virtual_batch_size)
-    return x, layout, device
+    return x, layout, device, result_dtype
 
 
 def _check_not_empty(layout, x):
@@ -156,7 +158,7 @@ def moments(x, axis=-1, virtual_batch_size=None):
     >>> mean.tolist(), var.tolist()
     ([2.0, 4.0], [1.0, 4.0])
     """
-    x, layout, device = _prepare(x, axis, virtual_batch_size)
+    x, layout, device, _ = _prepare(x, axis, virtual_batch_size)
     _check_not_empty(layout, x)
     eng = _dispatch.engine(device)
     mean, var = eng.moments(layout.canonical(x), layout.rows_per_sample, layout.groups)
@@ -257,10 +259,9 @@ def batch_norm_train(x, gamma=None, beta=None, *, axis=-1, epsilon=1e-3, virtual
     TypeError
         Non-numeric input.
     """
-    x, dtype_in = _input(x)
-    xc, layout, device = _prepare(x, axis, virtual_batch_size)
+    xc, layout, device, dtype_in = _prepare(x, axis, virtual_batch_size)
     epsilon = _validate.check_epsilon(epsilon)
-    _check_not_empty(layout, x)
+    _check_not_empty(layout, xc)
     xc = layout.canonical(xc)
     mean, var = _dispatch.engine(device).moments(xc, layout.rows_per_sample, layout.groups)
     y, cache = normalize_batch(xc, layout, device, mean, var, epsilon, gamma, beta)
@@ -282,8 +283,7 @@ def batch_norm_infer(x, mean, variance, gamma=None, beta=None, *, axis=-1, epsil
     >>> y.tolist()
     [[0.5, 2.0]]
     """
-    x, dtype_in = _input(x)
-    xc, layout, device = _prepare(x, axis)
+    xc, layout, device, dtype_in = _prepare(x, axis)
     epsilon = _validate.check_epsilon(epsilon)
     C = layout.channels
     mean = _per_feature_vector(mean, C, "mean", 0.0)
@@ -351,12 +351,6 @@ def moving_average(moving, batch_stat, momentum):
     _dispatch.engine(_dispatch.CPU).moving_averages(out, stat, out[:0], stat[:0],
                                                     1.0 - momentum)
     return out
-
-
-def _input(x):
-    """Validate ``x``; return it with the dtype the result should have."""
-    x, _ = _validate.as_input_array(x, "x")
-    return x, (x.dtype.newbyteorder("=") if x.dtype.kind == "f" else np.dtype(np.float32))
 
 
 def _output(y, dtype):
