@@ -29,9 +29,23 @@ def device_of(x):
 
 
 def engine(device):
-    """The engine module for ``device``."""
+    """The engine module for ``device``; the CUDA engine is imported on first use."""
     if device == CPU:
         return _cpu
-    raise NotImplementedError(
-        "the CUDA engine is not available in this version of numbabn; "
-        "pass NumPy arrays or convert with cupy.asnumpy()")
+    from . import cuda as _cuda
+    return _cuda
+
+
+def check_same_device(device, arrays):
+    """``TypeError`` unless every ``(name, array)`` in ``arrays`` lives on ``device``.
+
+    Copies between host and device are the caller's decision: a silent one would hide a
+    transfer (and, from the device, a synchronization) inside every call.
+    """
+    for name, a in arrays:
+        other = device_of(a) or CPU
+        if other != device:
+            where = {CPU: "host (NumPy)", CUDA: "CUDA device"}
+            raise TypeError(
+                f"`{name}` must be on the same device as the input ({where[device]}); copy it "
+                f"there first. Received: {name} on the {where[other]}")

@@ -136,6 +136,14 @@ def as_real_array(value, name, dtype=np.float64):
     return arr if dtype is None else arr.astype(dtype)
 
 
+def as_real_dtype(dtype, name):
+    """``True`` for a real (float or integer) dtype; ``TypeError`` naming ``name`` otherwise."""
+    if np.dtype(dtype).kind not in "fiu":
+        raise TypeError(f"`{name}` must be a real numeric array (got dtype {dtype}). "
+                        f"Received: {name} with dtype={np.dtype(dtype).name}")
+    return True
+
+
 def check_bool(value, name):
     if not isinstance(value, (bool, np.bool_)):
         raise TypeError(f"`{name}` must be a boolean. {received(name, value)}")

@@ -38,10 +38,10 @@ class BatchNormCache:
 
     Attributes
     ----------
-    mean, variance : ndarray
+    mean, variance : array
         The statistics the forward pass normalized with (float64, ``feature_shape``, or
-        ``(G,) + feature_shape`` under ghost batching). In inference these are the moving
-        statistics that were passed in.
+        ``(G,) + feature_shape`` under ghost batching), as arrays of the input's kind. In
+        inference these are the moving statistics that were passed in.
     count : int
         Elements averaged into each statistic.
     training : bool
@@ -49,18 +49,21 @@ class BatchNormCache:
     """
 
     def __init__(self, *, x, layout, device, training, mean, var, inv_std, gamma, adj_scale,
-                 adj_bias, r, d, epsilon, dtype):
+                 adj_bias, r, d, epsilon, dtype, wrap=None):
         self.x, self.layout, self.device, self.training = x, layout, device, training
         self._mean, self._var, self._inv_std = mean, var, inv_std
         self._gamma, self._adj_scale, self._adj_bias, self._r, self._d = (
             gamma, adj_scale, adj_bias, r, d)
         self.epsilon, self.dtype = epsilon, dtype
+        self.wrap = wrap or _identity
         self.feature_shape = tuple(layout.shape[a] for a in layout.axes)
 
     def _per_feature(self, a):
+        eng = _dispatch.engine(self.device)
         ghost = self.training and self.layout.ghost
         shape = (a.shape[0],) + self.feature_shape if ghost else self.feature_shape
-        return a.reshape(shape).copy()        # the cache keeps its own for the backward pass
+        # the cache keeps its own for the backward pass
+        return self.wrap(eng.copy(eng.astype(a, np.float64)).reshape(shape))
 
     @property
     def mean(self):
@@ -68,69 +71,80 @@ class BatchNormCache:
 
     @property
     def variance(self):
-        return self._per_feature(np.asarray(self._var, dtype=np.float64))
+        return self._per_feature(self._var)
 
     @property
     def count(self):
         return self.layout.count
 
 
+def _identity(a):
+    return a
+
+
 def _prepare(x, axis, virtual_batch_size=None):
-    """Validate ``x`` and ``axis``; return the compute-dtype input, its layout, its device and
-    the dtype results are returned in (``x``'s, native, when floating; float32 otherwise)."""
+    """Validate ``x`` and ``axis``. Returns the canonical compute-dtype input, its layout, its
+    device, the dtype results are returned in (``x``'s, native, when floating; float32
+    otherwise) and the function that turns engine arrays into ``x``'s kind."""
     x, device = _validate.as_input_array(x, "x")
     result_dtype = x.dtype.newbyteorder("=") if x.dtype.kind == "f" else np.dtype(np.float32)
     axes = _validate.resolve_axes(axis, x.ndim)
-    x = as_compute(x)
     virtual_batch_size = _validate.check_virtual_batch_size(virtual_batch_size)
     if virtual_batch_size is not None:
         _validate.check_ghost_axes(axes, list(axes))
         _validate.check_ghost_batch(virtual_batch_size, x.shape)
     layout = Layout(x.shape, axes, virtual_batch_size)
-    return x, layout, device, result_dtype
+    eng = _dispatch.engine(device)
+    x, wrap = eng.adopt(x)
+    return eng.canonical(x, layout, compute_dtype(x.dtype)), layout, device, result_dtype, wrap
 
 
-def _check_not_empty(layout, x):
+def _check_not_empty(layout):
     if layout.count == 0:
         raise ValueError("Cannot compute batch statistics of an empty batch. "
-                         f"Received: x with shape {tuple(x.shape)}")
+                         f"Received: x with shape {layout.shape}")
+
+
+def compute_dtype(dtype):
+    """The dtype the kernels compute in for input of ``dtype``: float64 (of any byte order)
+    stays float64, everything else becomes float32; always native byte order."""
+    return np.dtype(np.float64 if (dtype.kind == "f" and dtype.itemsize == 8) else np.float32)
 
 
 def as_compute(x):
-    """Input cast to the dtype the kernels compute in: float64 (of any byte order) stays float64,
-    everything else becomes float32; the result is in native byte order."""
-    dtype = np.dtype(np.float64 if (x.dtype.kind == "f" and x.dtype.itemsize == 8)
-                     else np.float32)
+    """A NumPy input cast to :func:`compute_dtype`."""
+    dtype = compute_dtype(x.dtype)
     return x if x.dtype == dtype else x.astype(dtype)
 
 
-_CONSTANTS = {}
+def constant(channels, value, device=_dispatch.CPU):
+    """A read-only ``(C,)`` float64 vector of ``value`` on ``device``, shared between calls."""
+    return _dispatch.engine(device).constant(channels, value)
 
 
-def constant(channels, value):
-    """A read-only ``(C,)`` float64 vector of ``value``, shared between calls."""
-    key = (channels, value)
-    v = _CONSTANTS.get(key)
-    if v is None:
-        if len(_CONSTANTS) > 64:
-            _CONSTANTS.clear()
-        v = _CONSTANTS[key] = np.full(channels, value)
-        v.flags.writeable = False
-    return v
-
-
-def _per_feature_vector(value, channels, name, default):
-    """A per-feature argument as a flat float ``(C,)`` vector (``default`` when ``None``)."""
+def _per_feature_vector(value, channels, name, default, device=_dispatch.CPU):
+    """A per-feature argument as a flat float64 ``(C,)`` vector on ``device`` (``default`` when
+    ``None``). Host values are copied to the device; CUDA arrays must go with a CUDA input."""
+    eng = _dispatch.engine(device)
     if value is None:
-        return constant(channels, default)
+        return eng.constant(channels, default)
+    if _dispatch.device_of(value) == _dispatch.CUDA:
+        _dispatch.check_same_device(device, [(name, value)])
+        v, _ = eng.adopt(value)
+        size, shape = v.size, tuple(v.shape)
+        if _validate.as_real_dtype(v.dtype, name) and size not in (1, channels):
+            raise ValueError(f"`{name}` must have one value per feature ({channels}). "
+                             f"Received: {name} with shape {shape}")
+        v = eng.copy(eng.astype(v.reshape(-1), np.float64))   # later writes cannot reach it
+        return v if size == channels else eng.to_device(np.full(channels, eng.to_host(v)[0]))
     v = _validate.as_real_array(value, name)          # a copy: later writes cannot reach it
     if v.size == 1:
-        return np.full(channels, float(v.reshape(())))
+        return eng.to_device(np.full(channels, float(v.reshape(()))))
     if v.size != channels:
         raise ValueError(
             f"`{name}` must have one value per feature ({channels}). "
             f"Received: {name} with shape {v.shape}")
-    return v.reshape(-1)
+    return eng.to_device(v.reshape(-1))
 
 
 def moments(x, axis=-1, virtual_batch_size=None):
@@ -139,7 +153,8 @@ def moments(x, axis=-1, virtual_batch_size=None):
     Parameters
     ----------
     x : array
-        Input of any rank (NumPy array, or an array-like).
+        Input of any rank: a NumPy array (or an array-like), or a CUDA array (CuPy, Numba
+        device array); results are arrays of the same kind.
     axis : int or list of int
         Feature axes; every other axis is reduced.
     virtual_batch_size : int, optional
@@ -158,13 +173,12 @@ def moments(x, axis=-1, virtual_batch_size=None):
     >>> mean.tolist(), var.tolist()
     ([2.0, 4.0], [1.0, 4.0])
     """
-    x, layout, device, _ = _prepare(x, axis, virtual_batch_size)
-    _check_not_empty(layout, x)
-    eng = _dispatch.engine(device)
-    mean, var = eng.moments(layout.canonical(x), layout.rows_per_sample, layout.groups)
-    fshape = tuple(x.shape[a] for a in layout.axes)
+    xc, layout, device, _, wrap = _prepare(x, axis, virtual_batch_size)
+    _check_not_empty(layout)
+    mean, var = _dispatch.engine(device).moments(xc, layout.rows_per_sample, layout.groups)
+    fshape = tuple(layout.shape[a] for a in layout.axes)
     shape = fshape if virtual_batch_size is None else (layout.groups,) + fshape
-    return mean.reshape(shape), var.reshape(shape)
+    return wrap(mean.reshape(shape)), wrap(var.reshape(shape))
 
 
 def normalize_batch(xc, layout, device, mean, var, epsilon, gamma=None, beta=None, r=None, d=None,
@@ -179,52 +193,65 @@ def normalize_batch(xc, layout, device, mean, var, epsilon, gamma=None, beta=Non
     transposition).
     """
     C = layout.channels
+
+    def vector(value, name, default):
+        return _per_feature_vector(value, C, name, default, device)
     return normalize_vectors(
-        xc, layout, device, mean, var, epsilon, _per_feature_vector(gamma, C, "gamma", 1.0),
-        _per_feature_vector(beta, C, "beta", 0.0), _per_feature_vector(r, C, "r", 1.0),
-        _per_feature_vector(d, C, "d", 0.0), _per_feature_vector(adj_scale, C, "adj_scale", 1.0),
-        _per_feature_vector(adj_bias, C, "adj_bias", 0.0), out)
+        xc, layout, device, mean, var, epsilon, vector(gamma, "gamma", 1.0),
+        vector(beta, "beta", 0.0), vector(r, "r", 1.0), vector(d, "d", 0.0),
+        vector(adj_scale, "adj_scale", 1.0), vector(adj_bias, "adj_bias", 0.0), out)
 
 
 def normalize_vectors(xc, layout, device, mean, var, epsilon, gamma, beta, r, d, adj_scale,
                       adj_bias, out=None):
-    """:func:`normalize_batch` for factors that are already float64 ``(C,)`` vectors.
+    """:func:`normalize_batch` for factors that are already ``(C,)`` vectors on the device.
 
     No checks: for callers that built the vectors themselves (the layer, on every call).
+    Returns ``y`` in the canonical layout's compute dtype, restored to the input's shape.
     """
-    y, inv_std = _dispatch.engine(device).normalize(
+    eng = _dispatch.engine(device)
+    y, inv_std = eng.normalize(
         xc, layout.rows_per_sample, layout.groups, mean, var, epsilon, gamma, beta, r, d,
         adj_scale, adj_bias, out=_canonical_out(out, layout))
     cache = BatchNormCache(x=xc, layout=layout, device=device, training=True, mean=mean,
                            var=var, inv_std=inv_std, gamma=gamma, adj_scale=adj_scale,
                            adj_bias=adj_bias, r=r, d=d, epsilon=epsilon, dtype=xc.dtype)
-    return _result(y, out, layout), cache
+    return _result(eng, y, out, layout), cache
 
 
 def _canonical_out(out, layout):
     return None if out is None else out.reshape(layout.canonical_shape)
 
 
-def _result(y, out, layout):
-    return layout.restore(y) if out is None else out
+def _result(eng, y, out, layout):
+    return eng.restore(y, layout, y.dtype) if out is None else out
 
 
 def normalize_moving(xc, layout, device, moving_mean, moving_var, epsilon, gamma=None, beta=None,
                      out=None):
-    """Inference normalization of a canonical compute-dtype ``xc`` by moving statistics."""
+    """Inference normalization of a canonical compute-dtype ``xc`` by moving statistics.
+
+    The per-feature arguments are ``(C,)`` vectors already on ``xc``'s device (``None``: the
+    identity); no checks.
+    """
     C = layout.channels
-    mm = _per_feature_vector(moving_mean, C, "moving_mean", 0.0)[None]
-    mv = _per_feature_vector(moving_var, C, "moving_variance", 1.0)[None]
-    g = _per_feature_vector(gamma, C, "gamma", 1.0)
-    b = _per_feature_vector(beta, C, "beta", 0.0)
-    ones, zeros = constant(C, 1.0), constant(C, 0.0)
-    y, inv_std = _dispatch.engine(device).normalize(
+    eng = _dispatch.engine(device)
+    mm = _vector_or_default(moving_mean, C, 0.0, eng).reshape(1, C)
+    mv = _vector_or_default(moving_var, C, 1.0, eng).reshape(1, C)
+    g = _vector_or_default(gamma, C, 1.0, eng)
+    b = _vector_or_default(beta, C, 0.0, eng)
+    ones, zeros = eng.constant(C, 1.0), eng.constant(C, 0.0)
+    y, inv_std = eng.normalize(
         xc, layout.rows_per_sample, 1, mm, mv, epsilon, g, b, ones, zeros, ones, zeros,
         out=_canonical_out(out, layout))
     cache = BatchNormCache(x=xc, layout=layout, device=device, training=False, mean=mm,
                            var=mv, inv_std=inv_std, gamma=g, adj_scale=ones, adj_bias=zeros, r=ones,
                            d=zeros, epsilon=epsilon, dtype=xc.dtype)
-    return _result(y, out, layout), cache
+    return _result(eng, y, out, layout), cache
+
+
+def _vector_or_default(v, channels, default, eng):
+    return eng.constant(channels, default) if v is None else v
 
 
 def batch_norm_train(x, gamma=None, beta=None, *, axis=-1, epsilon=1e-3, virtual_batch_size=None):
@@ -259,13 +286,14 @@ def batch_norm_train(x, gamma=None, beta=None, *, axis=-1, epsilon=1e-3, virtual
     TypeError
         Non-numeric input.
     """
-    xc, layout, device, dtype_in = _prepare(x, axis, virtual_batch_size)
+    xc, layout, device, dtype_in, wrap = _prepare(x, axis, virtual_batch_size)
     epsilon = _validate.check_epsilon(epsilon)
-    _check_not_empty(layout, xc)
-    xc = layout.canonical(xc)
-    mean, var = _dispatch.engine(device).moments(xc, layout.rows_per_sample, layout.groups)
+    _check_not_empty(layout)
+    eng = _dispatch.engine(device)
+    mean, var = eng.moments(xc, layout.rows_per_sample, layout.groups)
     y, cache = normalize_batch(xc, layout, device, mean, var, epsilon, gamma, beta)
-    return _output(y, dtype_in), cache
+    cache.wrap = wrap
+    return wrap(eng.astype(y, dtype_in)), cache
 
 
 def batch_norm_infer(x, mean, variance, gamma=None, beta=None, *, axis=-1, epsilon=1e-3):
@@ -283,14 +311,17 @@ def batch_norm_infer(x, mean, variance, gamma=None, beta=None, *, axis=-1, epsil
     >>> y.tolist()
     [[0.5, 2.0]]
     """
-    xc, layout, device, dtype_in = _prepare(x, axis)
+    xc, layout, device, dtype_in, wrap = _prepare(x, axis)
     epsilon = _validate.check_epsilon(epsilon)
     C = layout.channels
-    mean = _per_feature_vector(mean, C, "mean", 0.0)
-    variance = _per_feature_vector(variance, C, "variance", 1.0)
-    y, cache = normalize_moving(layout.canonical(xc), layout, device, mean, variance, epsilon,
-                                gamma, beta)
-    return _output(y, dtype_in), cache
+
+    def vector(value, name, default):
+        return _per_feature_vector(value, C, name, default, device)
+    y, cache = normalize_moving(xc, layout, device, vector(mean, "mean", 0.0),
+                                vector(variance, "variance", 1.0), epsilon,
+                                vector(gamma, "gamma", 1.0), vector(beta, "beta", 0.0))
+    cache.wrap = wrap
+    return wrap(_dispatch.engine(device).astype(y, dtype_in)), cache
 
 
 def batch_norm_backward(dy, cache):
@@ -307,29 +338,35 @@ def batch_norm_backward(dy, cache):
     dgamma, dbeta : ndarray
         float64, ``feature_shape``: the gradients of the scale and the offset.
     """
-    dy, _ = _validate.as_input_array(dy, "dy")
+    dy, device = _validate.as_input_array(dy, "dy")
+    _dispatch.check_same_device(cache.device, [("dy", dy)])
     expected = cache.layout.shape
     if tuple(dy.shape) != expected:
         raise ValueError(f"`dy` must have the shape of the forward input {expected}. "
                          f"Received: dy with shape {tuple(dy.shape)}")
+    eng = _dispatch.engine(device)
+    dy, _ = eng.adopt(dy)
     dtype_out = dy.dtype if dy.dtype.kind == "f" else cache.dtype
-    dx, dgamma, dbeta = backward(np.asarray(dy, dtype=cache.dtype), cache)
-    return _output(dx, dtype_out), dgamma.reshape(cache.feature_shape), dbeta.reshape(
-        cache.feature_shape)
+    dx, dgamma, dbeta = backward(dy, cache)
+    wrap = cache.wrap
+    return (wrap(eng.astype(dx, dtype_out)), wrap(dgamma.reshape(cache.feature_shape)),
+            wrap(dbeta.reshape(cache.feature_shape)))
 
 
 def backward(dy, cache, out=None):
-    """Gradients for a compute-dtype ``dy``: ``(dx, dgamma (C,), dbeta (C,))``.
+    """Gradients for an engine array ``dy`` of the forward input's shape (any dtype):
+    ``(dx, dgamma (C,), dbeta (C,))``, ``dx`` in the forward computation's dtype.
 
     ``out``: as in :func:`normalize_batch`, an array to write ``dx`` into.
     """
     layout = cache.layout
     groups = layout.groups if cache.training else 1
-    dx, dgamma, dbeta = _dispatch.engine(cache.device).backward(
-        cache.x, layout.canonical(dy), layout.rows_per_sample, groups, cache._mean,
-        cache._inv_std, layout.count, cache.training, cache._gamma, cache._r, cache._d,
-        cache._adj_scale, cache._adj_bias, out=_canonical_out(out, layout))
-    return _result(dx, out, layout), dgamma, dbeta
+    eng = _dispatch.engine(cache.device)
+    dx, dgamma, dbeta = eng.backward(
+        cache.x, eng.canonical(dy, layout, cache.dtype), layout.rows_per_sample, groups,
+        cache._mean, cache._inv_std, layout.count, cache.training, cache._gamma, cache._r,
+        cache._d, cache._adj_scale, cache._adj_bias, out=_canonical_out(out, layout))
+    return _result(eng, dx, out, layout), dgamma, dbeta
 
 
 def moving_average(moving, batch_stat, momentum):
@@ -339,6 +376,8 @@ def moving_average(moving, batch_stat, momentum):
     broadcasts to ``moving``'s shape.
     """
     momentum = _validate.check_finite(momentum, "momentum")
+    if _dispatch.CUDA in (_dispatch.device_of(moving), _dispatch.device_of(batch_stat)):
+        return _moving_average_on_device(moving, batch_stat, momentum)
     out = _validate.as_real_array(moving, "moving", None)
     out = as_compute(out) if out.dtype.kind == "f" else out.astype(np.float64)
     out = np.array(out, copy=True)
@@ -353,5 +392,19 @@ def moving_average(moving, batch_stat, momentum):
     return out
 
 
-def _output(y, dtype):
-    return y if y.dtype == dtype else y.astype(dtype)
+def _moving_average_on_device(moving, batch_stat, momentum):
+    _dispatch.check_same_device(_dispatch.CUDA, [("moving", moving), ("batch_stat", batch_stat)])
+    eng = _dispatch.engine(_dispatch.CUDA)
+    m, wrap = eng.adopt(moving)
+    s, _ = eng.adopt(batch_stat)
+    _validate.as_real_dtype(m.dtype, "moving")
+    _validate.as_real_dtype(s.dtype, "batch_stat")
+    if tuple(s.shape) != tuple(m.shape):
+        raise ValueError(f"`batch_stat` must have the shape of `moving` {tuple(m.shape)} on a "
+                         f"CUDA device. Received: batch_stat with shape {tuple(s.shape)}")
+    dtype = compute_dtype(m.dtype) if m.dtype.kind == "f" else np.dtype(np.float64)
+    out = eng.copy(eng.astype(m, dtype))
+    flat = out.reshape(-1)
+    eng.moving_averages(flat, eng.astype(s, np.float64).reshape(-1), flat[:0], flat[:0],
+                        1.0 - momentum)
+    return wrap(out)

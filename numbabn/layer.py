@@ -31,45 +31,91 @@ _POLICIES = {
 
 
 class Variable:
-    """A named layer weight: a NumPy array plus its Keras metadata.
+    """A named layer weight: a NumPy array plus its Keras metadata, with a device copy.
 
-    ``value`` is the live array (updated in place by training steps); :meth:`numpy` returns a copy.
+    ``value`` is the live NumPy array, updated in place by training steps on NumPy inputs.
+    After calls on CUDA arrays the device copy is the current one: reading ``value`` copies it
+    back (and the next CUDA call uploads whatever the host then holds), so the host and the
+    device never disagree about a weight. :meth:`numpy` returns a copy.
     """
 
     def __init__(self, name, value, trainable, regularizer=None, constraint=None):
         self.name = name
-        self.value = value
+        self._host = value
+        self._device = None
+        self._on_device = False          # the device copy holds the current value
         self.trainable = trainable
         self.regularizer = regularizer
         self.constraint = constraint
 
     @property
+    def value(self):
+        if self._on_device:
+            self._host[...] = _dispatch.engine(_dispatch.CUDA).to_host(self._device)
+            self._on_device = False
+        return self._host
+
+    @value.setter
+    def value(self, new):
+        # ``var.value -= step`` updates the array in place and then sets it back
+        if new is not self._host:
+            self.assign(new)
+
+    def live(self, device):
+        """The array on ``device`` that calls read and update in place (moved there if need be)."""
+        if device == _dispatch.CPU:
+            return self.value
+        if not self._on_device:
+            self._device = _dispatch.engine(device).to_device(self._host)
+            self._on_device = True
+        return self._device
+
+    @property
     def shape(self):
-        return self.value.shape
+        return self._host.shape
 
     @property
     def dtype(self):
-        return self.value.dtype
+        return self._host.dtype
 
     def numpy(self):
         return self.value.copy()
 
     def assign(self, value):
-        """Overwrite the value in place (same shape; cast to the weight's dtype)."""
-        value = _validate.as_real_array(value, self.name, self.value.dtype)
-        if value.shape != self.value.shape and value.size != self.value.size:
+        """Overwrite the value in place (same shape; cast to the weight's dtype). A CUDA array
+        is copied into the device copy."""
+        if _dispatch.device_of(value) == _dispatch.CUDA:
+            eng = _dispatch.engine(_dispatch.CUDA)
+            eng.assign(self.live(_dispatch.CUDA), self._device_value(eng, value))
+            return self
+        value = _validate.as_real_array(value, self.name, self._host.dtype)
+        if value.shape != self.shape and value.size != self._host.size:
             raise ValueError(f"Cannot assign a value of shape {value.shape} to {self.name} of "
-                             f"shape {self.value.shape}")
-        self.value[...] = value.reshape(self.value.shape)
+                             f"shape {self.shape}")
+        self.value[...] = value.reshape(self.shape)
         return self
 
+    def _device_value(self, eng, value):
+        v, _ = eng.adopt(value)
+        if v.size != self._host.size:
+            raise ValueError(f"Cannot assign a value of shape {tuple(v.shape)} to {self.name} of "
+                             f"shape {self.shape}")
+        return v
+
+    def _add(self, delta, sign):
+        if _dispatch.device_of(delta) == _dispatch.CUDA:
+            eng = _dispatch.engine(_dispatch.CUDA)
+            eng.add_scaled(self.live(_dispatch.CUDA), self._device_value(eng, delta), sign)
+            return self
+        return self.assign(self.value + sign * np.asarray(delta))
+
     def assign_add(self, delta):
-        return self.assign(self.value + np.asarray(delta))
+        return self._add(delta, 1.0)
 
     def assign_sub(self, delta):
-        return self.assign(self.value - np.asarray(delta))
+        return self._add(delta, -1.0)
 
-    # ``layer.gamma -= lr * grad`` updates the weight in place.
+    # ``layer.gamma -= lr * grad`` updates the weight in place (on the device for CUDA grads).
     def __iadd__(self, delta):
         return self.assign_add(delta)
 
@@ -512,18 +558,20 @@ class BatchNormalization:
         Parameters
         ----------
         inputs : array
-            NumPy array (or array-like) of any rank; integer input is cast to the layer dtype.
+            NumPy array (or array-like) of any rank, or a CUDA array (CuPy, Numba device
+            array, ...); integer input is cast to the layer dtype.
         training : bool, 0/1 or None
             ``True``: normalize with this batch's statistics and update the moving statistics
             (unless the layer is not trainable). ``False``/``None``: use the moving statistics.
 
         Returns
         -------
-        ndarray
-            Same shape as ``inputs``, in the layer's compute dtype.
+        array
+            Same shape and kind (NumPy, CuPy, ...) as ``inputs``, in the layer's compute dtype.
         """
         x, device = _validate.as_input_array(inputs, "inputs")
-        _dispatch.engine(device)             # an unsupported device fails before any state change
+        eng = _dispatch.engine(device)       # an unavailable engine fails before any state change
+        x, wrap = eng.adopt(x)
         training = self._check_training(training)
         checked = (x.shape, training)
         if not (self.built and checked in self._valid_shapes):
@@ -532,13 +580,13 @@ class BatchNormalization:
         if building:
             self.build(x.shape)
         try:
-            xc = x.astype(self._kernel_dtype, copy=False)
             if training:
-                y, cache, commit = self._train(xc, device)
+                y, cache, commit = self._train(x, device)
             else:
-                y, cache = self._infer(xc, device)
+                y, cache = self._infer(x, device)
                 commit = None
-            y = y.astype(self._compute_dtype, copy=False)
+            y = wrap(eng.astype(y, self._compute_dtype))
+            cache.wrap = wrap
         except BaseException:
             if building:                 # a failed first call leaves the layer as it found it
                 self._unbuild()
@@ -548,7 +596,7 @@ class BatchNormalization:
         self._valid_shapes.add(checked)      # passed every check: skip them next time
         if commit is not None:
             commit()                     # state changes only once everything has succeeded
-        self._cache = (cache, x.dtype)
+        self._cache = (cache, np.dtype(x.dtype))
         return y
 
     def _check_call(self, shape, training):
@@ -597,9 +645,10 @@ class BatchNormalization:
             self._layouts[key] = layout
         return layout
 
-    def _flat(self, key):
+    def _flat(self, key, device):
+        """Weight ``key`` as the flat vector the engine of ``device`` takes (None if absent)."""
         var = self._variables.get(key)
-        return None if var is None else var.value.reshape(-1).astype(np.float64)
+        return None if var is None else _dispatch.engine(device).as_vector(var.live(device))
 
     def _adjustment_factors(self, shape):
         """Call ``adjustment`` and reduce its outputs to per-feature ``(C,)`` vectors."""
@@ -626,83 +675,80 @@ class BatchNormalization:
 
     def _train(self, x, device):
         layout = self._layout(x.shape, self.virtual_batch_size is not None)
-        xc = layout.canonical(x)
         eng = _dispatch.engine(device)
+        xc = eng.canonical(x, layout, self._kernel_dtype)
         mean, var = eng.moments(xc, layout.rows_per_sample, layout.groups)
         # under ghost batching the moving statistics take the average over groups
-        batch_mean, batch_var = (mean[0], var[0]) if layout.groups == 1 else (
-            mean.mean(axis=0), var.mean(axis=0))
+        batch_mean, batch_var = eng.group_average(mean, var)
         C = layout.channels
-        ones, zeros = F.constant(C, 1.0), F.constant(C, 0.0)
-        r, d = self._renorm_correction(batch_mean, batch_var) if self.renorm else (ones, zeros)
-        adj_scale, adj_bias = (self._adjustment_factors(x.shape) if self.adjustment is not None
-                               else (ones, zeros))
-        gamma, beta = self._flat("gamma"), self._flat("beta")
+        ones, zeros = eng.constant(C, 1.0), eng.constant(C, 0.0)
+        r, d = (self._renorm_correction(eng, device, batch_mean, batch_var) if self.renorm
+                else (ones, zeros))
+        adj_scale, adj_bias = ([eng.to_device(f, xc) for f in self._adjustment_factors(x.shape)]
+                               if self.adjustment is not None else (ones, zeros))
+        gamma, beta = self._flat("gamma", device), self._flat("beta", device)
         y, cache = F.normalize_vectors(
             xc, layout, device, mean, var, self.epsilon, ones if gamma is None else gamma,
             zeros if beta is None else beta, r, d, adj_scale, adj_bias,
-            out=self._output(layout, x.dtype, "y"))
+            out=self._output(layout, xc.dtype, "y", device))
 
         def commit():
-            self._update_statistics(eng, batch_mean, batch_var, layout.count)
+            self._update_statistics(eng, device, batch_mean, batch_var, layout.count)
         return y, cache, commit
 
     def _infer(self, x, device):
         layout = self._layout(x.shape, False)
-        return F.normalize_moving(layout.canonical(x), layout, device, self._flat("moving_mean"),
-                                  self._flat("moving_variance"), self.epsilon,
-                                  self._flat("gamma"), self._flat("beta"),
-                                  out=self._output(layout, x.dtype, "y"))
+        eng = _dispatch.engine(device)
+        xc = eng.canonical(x, layout, self._kernel_dtype)
+        return F.normalize_moving(xc, layout, device, self._flat("moving_mean", device),
+                                  self._flat("moving_variance", device), self.epsilon,
+                                  self._flat("gamma", device), self._flat("beta", device),
+                                  out=self._output(layout, xc.dtype, "y", device))
 
-    def _output(self, layout, dtype, role):
-        """A reusable array for a result of ``layout``'s shape, or None to let the op allocate."""
-        if not self.reuse_outputs or layout.perm is not None or dtype != self._compute_dtype:
+    def _output(self, layout, dtype, role, device):
+        """A reusable array for a result of ``layout``'s shape, or None to let the op allocate.
+
+        Only NumPy results are pooled: whether an array is free is read from its reference
+        count, which a device array's owners (CuPy, a memory pool) do not reflect.
+        """
+        if (not self.reuse_outputs or device != _dispatch.CPU or layout.perm is not None
+                or dtype != self._compute_dtype):
             return None
         return self._outputs.take(layout.shape, dtype, role)
 
-    def _renorm_correction(self, mean, var):
+    def _renorm_correction(self, eng, device, mean, var):
         """Batch renormalization's r and d from pre-update renorm statistics (held constant)."""
-        eps = self.epsilon
-        rs = np.maximum(self._flat("renorm_stddev"), np.sqrt(eps))
-        r = np.sqrt(var + eps) / rs
-        d = (mean - self._flat("renorm_mean")) / rs
         clip = self.renorm_clipping
-        if clip.get("rmin") is not None:
-            r = np.maximum(r, clip["rmin"])
-        if clip.get("rmax") is not None:
-            r = np.minimum(r, clip["rmax"])
-        if clip.get("dmax") is not None:
-            d = np.clip(d, -clip["dmax"], clip["dmax"])
-        return r, d
+        return eng.renorm_correction(mean, var, self._variables["renorm_mean"].live(device),
+                                     self._variables["renorm_stddev"].live(device), self.epsilon,
+                                     clip.get("rmin"), clip.get("rmax"), clip.get("dmax"))
 
     def _decay(self, momentum):
         # Keras forms 1 - momentum in Python and stores it as a float32 tensor.
         return float(np.float32(1.0 - momentum))
 
-    def _update_statistics(self, eng, mean, var, count):
+    def _update_statistics(self, eng, device, mean, var, count):
         """The moving-average updates of one training step (``mean``/``var``: biased, (C,))."""
-        v = self._variables
+        def live(key):
+            return self._variables[key].live(device)
         frozen = not self._trainable
         if self.renorm:
-            stddev = np.sqrt(var + self.epsilon)
+            stddev = eng.stddev(var, self.epsilon)
             decay = self._decay(self.renorm_momentum)
-            eng.moving_averages(v["renorm_mean"].value, mean, v["renorm_stddev"].value, stddev,
-                                decay)
+            eng.moving_averages(live("renorm_mean"), mean, live("renorm_stddev"), stddev, decay)
             if frozen:
                 return
             decay = self._decay(self.momentum)
-            eng.moving_averages(v["moving_mean"].value, mean, v["moving_stddev"].value, stddev,
-                                decay)
-            ms = v["moving_stddev"].value
-            v["moving_variance"].value[...] = np.maximum(ms * ms - self._param_dtype.type(
-                self.epsilon), 0)
+            eng.moving_averages(live("moving_mean"), mean, live("moving_stddev"), stddev, decay)
+            eng.variance_from_stddev(live("moving_variance"), live("moving_stddev"),
+                                     self.epsilon)
             return
         if frozen:
             return
-        if self._fused_path:
-            var = var * (count / max(count - 1, 1))
+        bessel = count / max(count - 1, 1) if self._fused_path else 1.0
         decay = self._decay(self.momentum)
-        eng.moving_averages(v["moving_mean"].value, mean, v["moving_variance"].value, var, decay)
+        eng.moving_averages(live("moving_mean"), mean, live("moving_variance"), var, decay,
+                            second_scale=bessel)
 
     def backward(self, dy):
         """Gradient of the last call with respect to its input.
@@ -728,23 +774,29 @@ class BatchNormalization:
         if self._cache is None:
             raise RuntimeError(f"backward() called on layer {self.name!r} before any forward call")
         cache, input_dtype = self._cache
-        dy, _ = _validate.as_input_array(dy, "dy")
+        dy, device = _validate.as_input_array(dy, "dy")
+        _dispatch.check_same_device(cache.device, [("dy", dy)])
         if tuple(dy.shape) != cache.layout.shape:
             raise ValueError(f"`dy` must have the shape of the last input {cache.layout.shape}. "
                              f"Received: dy with shape {tuple(dy.shape)}")
+        eng = _dispatch.engine(device)
+        dy, _ = eng.adopt(dy)
         out = None
         if input_dtype == cache.dtype:
-            out = self._output(cache.layout, cache.dtype, "dx")
-        dx, dgamma, dbeta = F.backward(dy.astype(cache.dtype, copy=False), cache, out=out)
+            out = self._output(cache.layout, cache.dtype, "dx", device)
+        dx, dgamma, dbeta = F.backward(dy, cache, out=out)
         grads = {}
+        wrap = cache.wrap
         if self._trainable:
             if self.scale:
-                grads["gamma"] = dgamma.astype(self._param_dtype).reshape(self._param_shape)
+                grads["gamma"] = wrap(eng.astype(dgamma, self._param_dtype).reshape(
+                    self._param_shape))
             if self.center:
-                grads["beta"] = dbeta.astype(self._param_dtype).reshape(self._param_shape)
+                grads["beta"] = wrap(eng.astype(dbeta, self._param_dtype).reshape(
+                    self._param_shape))
         self.grads = grads
-        return dx.astype(input_dtype if input_dtype.kind == "f" else self._compute_dtype,
-                         copy=False)
+        return wrap(eng.astype(dx, input_dtype if input_dtype.kind == "f"
+                               else self._compute_dtype))
 
     # --------------------------------------------------------------------------------------------
     # config

@@ -1,4 +1,3 @@
 """The CPU engine: Numba kernels behind a small array-in, array-out interface."""
-from .engine import backward, moments, moving_averages, normalize
-
-__all__ = ["moments", "normalize", "backward", "moving_averages"]
+from .engine import *  # noqa: F401,F403
+from .engine import __all__  # noqa: F401

@@ -14,6 +14,10 @@ import numpy as np
 
 from . import kernels
 
+__all__ = ["moments", "normalize", "backward", "moving_averages", "group_average",
+           "renorm_correction", "stddev", "variance_from_stddev", "adopt", "to_host", "to_device",
+           "constant", "canonical", "restore", "astype", "copy", "empty", "add_scaled", "assign", "as_vector"]
+
 # A reduction unit covers about this many elements: large enough that the (units, C) float64
 # partials cost a few percent of the input's traffic, small enough to spread over cores.
 UNIT_ELEMENTS = 1 << 16
@@ -207,9 +211,116 @@ def backward(x, dy, rows_per_sample, groups, mean, inv_std, count, training, gam
     return dx, dgamma, dbeta
 
 
-def moving_averages(first, first_stat, second, second_stat, decay):
-    """In place ``moving -= (moving - stat) * decay`` for two weights of one dtype."""
+def moving_averages(first, first_stat, second, second_stat, decay, second_scale=1.0):
+    """In place ``moving -= (moving - stat) * decay`` for two weights of one dtype; the second
+    statistic is multiplied by ``second_scale`` first (the fused path's Bessel correction)."""
     dtype = first.dtype
+    if second_scale != 1.0:
+        second_stat = np.asarray(second_stat) * second_scale
     kernels.moving_averages(first.reshape(-1), np.asarray(first_stat, dtype).reshape(-1),
                             second.reshape(-1), np.asarray(second_stat, dtype).reshape(-1),
                             dtype.type(decay))
+
+
+def group_average(mean, var):
+    """Per-feature average of the group statistics ``(G, C)`` -> two ``(C,)`` vectors."""
+    if mean.shape[0] == 1:
+        return mean[0], var[0]
+    return mean.mean(axis=0), var.mean(axis=0)
+
+
+def renorm_correction(mean, var, renorm_mean, renorm_stddev, epsilon, rmin, rmax, dmax):
+    """Batch renormalization's ``(r, d)``, float64 ``(C,)``; ``None`` bounds do not clip."""
+    rs = np.maximum(renorm_stddev.reshape(-1).astype(np.float64), np.sqrt(epsilon))
+    r = np.sqrt(var + epsilon) / rs
+    d = (mean - renorm_mean.reshape(-1).astype(np.float64)) / rs
+    if rmin is not None:
+        r = np.maximum(r, rmin)
+    if rmax is not None:
+        r = np.minimum(r, rmax)
+    if dmax is not None:
+        d = np.clip(d, -dmax, dmax)
+    return r, d
+
+
+def stddev(var, epsilon):
+    return np.sqrt(var + epsilon)
+
+
+def variance_from_stddev(variance, stddev_, epsilon):
+    """In place ``variance = max(stddev^2 - epsilon, 0)`` in the weights' dtype."""
+    variance[...] = np.maximum(stddev_ * stddev_ - variance.dtype.type(epsilon), 0)
+
+
+# ------------------------------------------------------------------------------------------------
+# placement: the CPU engine works on NumPy arrays in place
+
+
+def adopt(x):
+    """``(array, wrap)``; NumPy arrays are used as they are."""
+    return x, _identity
+
+
+def _identity(a):
+    return a
+
+
+def to_host(a):
+    return a
+
+
+def to_device(values, like=None):
+    return np.ascontiguousarray(values)
+
+
+def constant(channels, value, like=None):
+    """A read-only ``(C,)`` float64 vector of ``value``, shared between calls."""
+    key = (channels, value)
+    v = _CONSTANTS.get(key)
+    if v is None:
+        if len(_CONSTANTS) > 64:
+            _CONSTANTS.clear()
+        v = _CONSTANTS[key] = np.full(channels, value)
+        v.flags.writeable = False
+    return v
+
+
+_CONSTANTS = {}
+
+
+def canonical(x, layout, dtype):
+    """``x`` as a C-contiguous ``layout.canonical_shape`` array of ``dtype`` (a view if it can)."""
+    return layout.canonical(x if x.dtype == dtype else x.astype(dtype))
+
+
+def restore(y, layout, dtype):
+    """Inverse of :func:`canonical`: back to the input's shape (C-contiguous), in ``dtype``."""
+    y = layout.restore(y)
+    return y if y.dtype == dtype else y.astype(dtype)
+
+
+def astype(x, dtype):
+    return x.astype(dtype, copy=False)
+
+
+def copy(x):
+    return x.copy()
+
+
+def empty(shape, dtype, like=None):
+    return np.empty(shape, dtype)
+
+
+def add_scaled(out, delta, alpha):
+    """In place ``out += alpha * delta``."""
+    out += alpha * delta.reshape(out.shape)
+
+
+def assign(out, values):
+    """In place ``out[...] = values`` (same number of elements, cast to ``out``'s dtype)."""
+    out[...] = values.reshape(out.shape)
+
+
+def as_vector(a):
+    """A weight as the flat float64 vector the kernels take."""
+    return a.reshape(-1).astype(np.float64)

@@ -1,0 +1,355 @@
+"""CUDA engine: launch shapes, device buffers and streams for the kernels in ``kernels.py``.
+
+The interface is the CPU engine's (``numbabn/cpu/engine.py``), array for array: every array an
+operation takes or returns is a Numba device array, per-group statistics are float64 ``(G, C)``.
+Work is queued on the stream of the input array (CuPy's current stream when the input came from
+CuPy), outputs are allocated for that stream, and nothing here waits for the device: the host
+sees results only when the caller copies them back.
+
+Launch shapes depend on the input's shape only, so results are bitwise reproducible.
+"""
+import math
+import threading
+
+import numpy as np
+from numba import cuda
+
+from . import kernels as K
+
+__all__ = ["moments", "normalize", "backward", "moving_averages", "group_average",
+           "renorm_correction", "stddev", "variance_from_stddev", "adopt", "to_host", "to_device",
+           "constant", "canonical", "restore", "astype", "copy", "empty", "add_scaled", "assign", "as_vector"]
+
+# Reductions aim for about this many blocks (enough to fill a large GPU several times over).
+TARGET_BLOCKS = 4 if K.SIMULATOR else 2048
+# A planes reduction unit covers at most this many values of one plane.
+CHUNK = 2 * K.T if K.SIMULATOR else 16 * K.T
+# Elementwise grids stop growing here and go grid-stride.
+MAX_ROW_BLOCKS = 4 if K.SIMULATOR else 8192
+MAX_GRID_Y = 8 if K.SIMULATOR else 65535
+VECTOR_BLOCK = 32 if K.SIMULATOR else 128
+COPY_BLOCKS = 4 if K.SIMULATOR else 4096
+COPY_THREADS = 32 if K.SIMULATOR else 256
+
+
+def _stream(a):
+    return getattr(a, "stream", 0) or 0
+
+
+def _empty(shape, dtype, like):
+    return cuda.device_array(shape, dtype=dtype, stream=_stream(like))
+
+
+def _vector_launch(kernel, n, like):
+    return kernel[max(1, -(-n // VECTOR_BLOCK)), VECTOR_BLOCK, _stream(like)]
+
+
+# ------------------------------------------------------------------------------------------------
+# placement
+
+
+def is_device_array(x):
+    return getattr(x, "__cuda_ndarray__", False) or cuda.devicearray.is_cuda_ndarray(x)
+
+
+def adopt(x):
+    """``(array, wrap)``: a zero-copy Numba view of the CUDA array ``x`` and a function that
+    turns engine results back into ``x``'s kind (CuPy in, CuPy out; Numba in, Numba out)."""
+    if is_device_array(x):
+        return x, _identity
+    # sync=False: the work is queued on the array's own stream, so waiting for it is not needed
+    view = cuda.as_cuda_array(x, sync=False)
+    module = type(x).__module__.split(".")[0]
+    if module == "cupy":
+        import cupy
+        return view, cupy.asarray
+    if module == "torch":
+        import torch
+        device = x.device
+        return view, lambda a: torch.as_tensor(a, device=device)
+    return view, _identity
+
+
+def _identity(a):
+    return a
+
+
+def to_host(a):
+    """A NumPy copy of a device array (waits for the work that produces it)."""
+    return a.copy_to_host(stream=_stream(a)) if _stream(a) else a.copy_to_host()
+
+
+def to_device(values, like=None):
+    """A device copy of a NumPy array, queued on ``like``'s stream."""
+    return cuda.to_device(np.ascontiguousarray(values), stream=_stream(like))
+
+
+_constants = threading.local()
+
+
+def constant(channels, value, like=None):
+    """A ``(C,)`` float64 device vector of ``value``, kept per thread and per device."""
+    cache = _constants.__dict__.setdefault("vectors", {})
+    key = (channels, value, getattr(cuda.get_current_device(), "id", 0))
+    v = cache.get(key)
+    if v is None:
+        if len(cache) > 64:
+            cache.clear()
+        v = cache[key] = cuda.to_device(np.full(channels, value))
+    return v
+
+
+def _strided_8d(x, shape, strides):
+    """``x``'s memory seen with ``shape``/``strides`` (elements' byte strides), padded to 8-d."""
+    pad = 8 - len(shape)
+    shape = (1,) * pad + tuple(shape)
+    strides = (0,) * pad + tuple(strides)
+    if K.SIMULATOR:
+        return cuda.simulator.cudadrv.devicearray.FakeCUDAArray(
+            np.lib.stride_tricks.as_strided(x._ary, shape, strides))
+    return cuda.devicearray.DeviceNDArray(shape, strides, x.dtype, stream=_stream(x),
+                                          gpu_data=x.gpu_data)
+
+
+def canonical(x, layout, dtype):
+    """``x`` (a device array) as a C-contiguous ``layout.canonical_shape`` array of ``dtype``:
+    a view when it already is one, else one pass that permutes and casts."""
+    contiguous = x.is_c_contiguous() if hasattr(x, "is_c_contiguous") else x.flags.c_contiguous
+    if layout.perm is None and contiguous:
+        x = x.reshape(layout.canonical_shape) if x.ndim else x.reshape(1, 1)
+        return x if x.dtype == dtype else _cast(x, dtype)
+    perm = layout.perm or tuple(range(x.ndim))
+    view = _strided_8d(x, [x.shape[a] for a in perm], [x.strides[a] for a in perm])
+    out = _empty(math.prod(layout.shape), dtype, x)
+    _copy_launch(K.gather, out.size, x)(view, out)
+    return out.reshape(layout.canonical_shape)
+
+
+def restore(y, layout, dtype):
+    """Inverse of :func:`canonical`: back to the input's shape (C-contiguous), in ``dtype``."""
+    y = y.reshape(layout.moved_shape)
+    if layout.perm is not None:
+        inverse = np.argsort(layout.perm)
+        view = _strided_8d(y, [y.shape[a] for a in inverse], [y.strides[a] for a in inverse])
+        out = _empty(math.prod(layout.shape), dtype, y)
+        _copy_launch(K.gather, out.size, y)(view, out)
+        return out.reshape(layout.shape)
+    return y if y.dtype == dtype else _cast(y, dtype)
+
+
+def _copy_launch(kernel, n, like):
+    blocks = max(1, min(COPY_BLOCKS, -(-n // COPY_THREADS)))
+    return kernel[blocks, COPY_THREADS, _stream(like)]
+
+
+def _cast(x, dtype):
+    out = _empty(x.shape, dtype, x)
+    if x.size:
+        _copy_launch(K.cast, x.size, x)(x.reshape(-1), out.reshape(-1))
+    return out
+
+
+def astype(x, dtype):
+    """``x`` in ``dtype`` (``x`` itself when it already is)."""
+    return x if x.dtype == np.dtype(dtype) else _cast(x, np.dtype(dtype))
+
+
+def copy(x):
+    out = _empty(x.shape, x.dtype, x)
+    if x.size:
+        out.copy_to_device(x, stream=_stream(x))
+    return out
+
+
+def empty(shape, dtype, like=None):
+    return _empty(shape, dtype, like)
+
+
+def add_scaled(out, delta, alpha):
+    """In place ``out += alpha * delta`` for flat device arrays of one size."""
+    _vector_launch(K.add_scaled, out.size, out)(out.reshape(-1), delta.reshape(-1), alpha)
+
+
+# ------------------------------------------------------------------------------------------------
+# statistics
+
+
+def _rows_split(length, other_blocks):
+    """(units, rows per unit) for a group of ``length`` rows: about TARGET_BLOCKS blocks."""
+    units = max(1, min(-(-TARGET_BLOCKS // max(other_blocks, 1)), -(-length // K.TY)))
+    span = -(-length // units)
+    span = -(-span // K.TY) * K.TY
+    return max(1, -(-length // span)), span
+
+
+def moments(x, rows_per_sample, groups):
+    """Mean and biased variance per (group, feature), float64 ``(groups, C)``."""
+    C = x.shape[1]
+    count = x.size // max(C, 1) // max(groups, 1)
+    if count == 0 or x.shape[0] == 0:
+        nan = np.full((groups, C), np.nan)
+        return to_device(nan, x), to_device(nan, x)
+    ctiles = -(-C // K.TX)
+    if x.ndim == 2:
+        units, span = _rows_split(x.shape[0] // groups, ctiles * groups)
+        p_n, p_mean, p_m2 = (_empty((groups * units, C), np.float64, x) for _ in range(3))
+        K.unit_moments_rows[(ctiles, units, groups), (K.TX, K.TY), _stream(x)](
+            x, rows_per_sample, groups, span, p_n, p_mean, p_m2)
+    else:
+        R, _, I = x.shape
+        chunk = min(I, CHUNK)
+        chunks = -(-I // chunk)
+        p_n, p_mean, p_m2 = (_empty((R * chunks, C), np.float64, x) for _ in range(3))
+        K.unit_moments_planes[(chunks, min(R * C, MAX_GRID_Y)), K.T, _stream(x)](
+            x, rows_per_sample, groups, chunk, p_n, p_mean, p_m2)
+    mean = _empty((groups, C), np.float64, x)
+    var = _empty((groups, C), np.float64, x)
+    K.merge_moments[(ctiles, groups), (K.TX, K.TY), _stream(x)](p_n, p_mean, p_m2, mean, var)
+    return mean, var
+
+
+def group_average(mean, var):
+    """Per-feature average of the group statistics ``(G, C)`` -> two ``(C,)`` vectors."""
+    G, C = mean.shape
+    if G == 1:
+        return mean[0], var[0]
+    batch_mean = _empty(C, np.float64, mean)
+    batch_var = _empty(C, np.float64, mean)
+    _vector_launch(K.group_average, C, mean)(mean, var, batch_mean, batch_var)
+    return batch_mean, batch_var
+
+
+# ------------------------------------------------------------------------------------------------
+# normalization
+
+
+def normalize(x, rows_per_sample, groups, mean, var, epsilon, gamma, beta, r, d, adj_scale,
+              adj_bias, out=None):
+    """``gamma * (adj_scale * (r * xhat + d) + adj_bias) + beta``, and ``1 / sqrt(var + eps)``."""
+    G, C = mean.shape
+    inv_std = _empty((G, C), np.float64, x)
+    m_hi, a, b = (_empty((G, C), x.dtype, x) for _ in range(3))
+    _vector_launch(K.affine_coefficients, G * C, x)(mean, var, epsilon, gamma, beta, r, d,
+                                                    adj_scale, adj_bias, inv_std, m_hi, a, b)
+    return _affine(x, rows_per_sample, groups, m_hi, a, b, out), inv_std
+
+
+def _elementwise_grid(x):
+    if x.ndim == 2:
+        R, C = x.shape
+        return (-(-C // K.TX), max(1, min(-(-R // K.TY), MAX_ROW_BLOCKS))), (K.TX, K.TY)
+    R, C, I = x.shape
+    return (max(1, min(-(-I // K.T), 64)), max(1, min(R * C, MAX_GRID_Y))), K.T
+
+
+def _affine(x, rows_per_sample, groups, m, a, b, out):
+    out = _empty(x.shape, x.dtype, x) if out is None else out
+    if x.size == 0:
+        return out
+    grid, block = _elementwise_grid(x)
+    kernel = K.affine_rows if x.ndim == 2 else K.affine_planes
+    kernel[grid, block, _stream(x)](x, rows_per_sample, groups, m, a, b, out)
+    return out
+
+
+def grad_sums(x, dy, rows_per_sample, groups, m_hi):
+    """``sum(dy)`` and ``sum(dy * (x - m_hi))`` per (group, feature), float64 ``(groups, C)``."""
+    C = x.shape[1]
+    sum_dy = _empty((groups, C), np.float64, x)
+    sum_dyxc = _empty((groups, C), np.float64, x)
+    ctiles = -(-C // K.TX)
+    if x.ndim == 2:
+        units, span = _rows_split(x.shape[0] // groups, ctiles * groups)
+        p_dy, p_dyxc = (_empty((groups * units, C), np.float64, x) for _ in range(2))
+        K.unit_grad_sums_rows[(ctiles, units, groups), (K.TX, K.TY), _stream(x)](
+            x, dy, rows_per_sample, groups, span, m_hi, p_dy, p_dyxc)
+    else:
+        R, _, I = x.shape
+        chunk = max(1, min(I, CHUNK))
+        chunks = -(-I // chunk) if I else 0
+        p_dy, p_dyxc = (_empty((R * chunks, C), np.float64, x) for _ in range(2))
+        if chunks and R * C:
+            K.unit_grad_sums_planes[(chunks, min(R * C, MAX_GRID_Y)), K.T, _stream(x)](
+                x, dy, rows_per_sample, groups, chunk, m_hi, p_dy, p_dyxc)
+    K.merge_sums[(ctiles, groups), (K.TX, K.TY), _stream(x)](p_dy, p_dyxc, sum_dy, sum_dyxc)
+    return sum_dy, sum_dyxc
+
+
+def backward(x, dy, rows_per_sample, groups, mean, inv_std, count, training, gamma, r, d,
+             adj_scale, adj_bias, out=None):
+    """Input and parameter gradients of :func:`normalize` (``training``) or of inference.
+
+    Returns ``(dx, dgamma (C,), dbeta (C,))``.
+    """
+    G, C = mean.shape
+    m_hi = _empty((G, C), x.dtype, x)
+    _vector_launch(K.cast, G * C, x)(mean.reshape(-1), m_hi.reshape(-1))
+    sum_dy, sum_dyxc = grad_sums(x, dy, rows_per_sample, groups, m_hi)
+    dy_mean, k_dy, k_xc, k_0 = (_empty((G, C), x.dtype, x) for _ in range(4))
+    dgamma = _empty(C, np.float64, x)
+    dbeta = _empty(C, np.float64, x)
+    _vector_launch(K.grad_coefficients, C, x)(sum_dy, sum_dyxc, mean, inv_std, float(count),
+                                              training, gamma, r, d, adj_scale, adj_bias, m_hi,
+                                              dy_mean, k_dy, k_xc, k_0, dgamma, dbeta)
+    if not training:                     # dx = dy * k: the affine pass with m = b = 0
+        return _affine(dy, rows_per_sample, groups, k_xc, k_dy, k_0, out), dgamma, dbeta
+    dx = _empty(x.shape, x.dtype, x) if out is None else out
+    if x.size == 0:
+        return dx, dgamma, dbeta
+    grid, block = _elementwise_grid(x)
+    kernel = K.grad_input_rows if x.ndim == 2 else K.grad_input_planes
+    kernel[grid, block, _stream(x)](x, dy, rows_per_sample, groups, m_hi, dy_mean, k_dy, k_xc,
+                                    k_0, dx)
+    return dx, dgamma, dbeta
+
+
+# ------------------------------------------------------------------------------------------------
+# moving statistics and renorm
+
+
+def moving_averages(first, first_stat, second, second_stat, decay, second_scale=1.0):
+    """In place ``moving -= (moving - stat) * decay`` for two weights of one dtype; the second
+    statistic is multiplied by ``second_scale`` first (the fused path's Bessel correction)."""
+    dtype = first.dtype
+    decay = dtype.type(decay)
+    rounded = _empty(max(first.size, second.size), dtype, first)
+    for moving, stat, scale in ((first, first_stat, 1.0), (second, second_stat, second_scale)):
+        if moving.size:
+            _vector_launch(K.moving_averages, moving.size, moving)(
+                moving.reshape(-1), stat.reshape(-1), float(scale), rounded, decay)
+
+
+def renorm_correction(mean, var, renorm_mean, renorm_stddev, epsilon, rmin, rmax, dmax):
+    """Batch renormalization's ``(r, d)``, float64 ``(C,)``; ``None`` bounds do not clip."""
+    C = mean.shape[0]
+    r = _empty(C, np.float64, mean)
+    d = _empty(C, np.float64, mean)
+    inf = math.inf
+    _vector_launch(K.renorm_correction, C, mean)(
+        mean, var, renorm_mean.reshape(-1), renorm_stddev.reshape(-1), float(epsilon),
+        -inf if rmin is None else float(rmin), inf if rmax is None else float(rmax),
+        inf if dmax is None else float(dmax), r, d)
+    return r, d
+
+
+def stddev(var, epsilon):
+    out = _empty(var.shape, np.float64, var)
+    _vector_launch(K.stddev, var.size, var)(var, float(epsilon), out)
+    return out
+
+
+def variance_from_stddev(variance, stddev_, epsilon):
+    """In place ``variance = max(stddev^2 - epsilon, 0)`` in the weights' dtype."""
+    _vector_launch(K.variance_from_stddev, variance.size, variance)(
+        stddev_.reshape(-1), variance.dtype.type(epsilon), variance.reshape(-1))
+
+
+def assign(out, values):
+    """In place ``out[...] = values`` (same number of elements, cast to ``out``'s dtype)."""
+    if out.size:
+        _copy_launch(K.cast, out.size, out)(values.reshape(-1), out.reshape(-1))
+
+
+def as_vector(a):
+    """A weight as a flat vector for the kernels (they convert each value to float64)."""
+    return a.reshape(-1)
