@@ -1,17 +1,39 @@
-"""Shared test settings: thread count, tolerances and data helpers.
+"""Shared test settings: thread count, CUDA backend, tolerances and data helpers.
 
 Races between Numba threads are invisible with one thread, so the suite always runs the parallel
 kernels with at least two (set before numba is first imported).
+
+The CUDA engine is tested on a GPU when the machine has a CUDA driver, and otherwise on Numba's
+CUDA simulator (also set before numba is first imported), which runs every kernel thread as a
+Python thread: the same kernels, launch shapes scaled down (see ``numbabn/cuda/kernels.py``).
 """
+import ctypes
 import os
+import sys
 
 os.environ.setdefault("NUMBA_NUM_THREADS", str(max(2, os.cpu_count() or 1)))
+
+
+def _has_cuda_driver():
+    try:
+        ctypes.CDLL("libcuda.so.1")
+        return True
+    except OSError:
+        return False
+
+
+if "NUMBA_ENABLE_CUDASIM" not in os.environ and not _has_cuda_driver():
+    os.environ["NUMBA_ENABLE_CUDASIM"] = "1"
+SIMULATOR = os.environ.get("NUMBA_ENABLE_CUDASIM", "0") == "1"
+if SIMULATOR:
+    sys.setswitchinterval(1e-4)      # the simulator's threads hand over much faster
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
-# The fixture generator needs TensorFlow, which the suite never imports.
-collect_ignore = ["golden/generate.py"]
+# The fixture generator needs TensorFlow, which the suite never imports; the PTX check runs in
+# its own process (tests/test_cuda.py).
+collect_ignore = ["golden/generate.py", "ptx_compile.py"]
 
 # Tolerances are data: one row per compute dtype, used by every comparison in the suite.
 # float32 results are compared with outputs of order 1; float64 with the float64 reference.
@@ -48,6 +70,35 @@ def numeric_grad(f, x, h=1e-6):
         e[i] = h
         g[i] = (f(x + e) - f(x - e)) / (2 * h)
     return g
+
+
+class Backend:
+    """Moves test data to an engine's arrays and results back to NumPy."""
+
+    def __init__(self, name):
+        self.name = name
+
+    def __repr__(self):
+        return self.name
+
+    def to(self, x):
+        if self.name == "cpu":
+            return x
+        from numba import cuda
+        return cuda.to_device(np.ascontiguousarray(x))
+
+    def host(self, a):
+        if self.name == "cpu" or isinstance(a, np.ndarray):
+            return a
+        return a.copy_to_host()
+
+
+BACKENDS = [Backend("cpu"), Backend("cuda")]
+
+
+@pytest.fixture(params=BACKENDS, ids=str)
+def backend(request):
+    return request.param
 
 
 @pytest.fixture
