@@ -282,3 +282,11 @@ def test_cupy_non_contiguous_and_transposed(rng):
     y, _ = F.batch_norm_train(xt, axis=1)
     want, _ = F.batch_norm_train(np.ascontiguousarray(x.transpose(0, 3, 1, 2)), axis=1)
     assert_close(cupy.asnumpy(y), want)
+
+
+def test_both_engines_implement_one_interface():
+    from numbabn import cpu
+    from numbabn import cuda as gpu
+    assert sorted(cpu.__all__) == sorted(gpu.__all__)
+    for name in cpu.__all__:
+        assert callable(getattr(cpu, name)) and callable(getattr(gpu, name)), name

@@ -1,0 +1,99 @@
+"""The layer on CuPy arrays: the CUDA engine, timed with the device synchronized.
+
+Runs only where CuPy has a GPU; elsewhere every ``setup`` raises ``NotImplementedError``, which asv
+reports as a skipped benchmark. Each timed body ends with a stream synchronization: without it
+asv would time the launch, not the work.
+"""
+import numbabn
+
+from .common import CASES, make_input
+
+
+def _cupy():
+    try:
+        import cupy
+        from numba import config
+    except ImportError:
+        raise NotImplementedError("CuPy is not installed") from None
+    if config.ENABLE_CUDASIM or not cupy.is_available():
+        raise NotImplementedError("no CUDA device")
+    return cupy
+
+
+class _CudaCase:
+    params = [list(CASES)]
+    param_names = ["case"]
+
+    def setup(self, case):
+        self.cupy = _cupy()
+        self.x = self.cupy.asarray(make_input(case))
+        self.dy = self.cupy.asarray(make_input(case, stream=1))
+        self.layer = numbabn.BatchNormalization(axis=CASES[case].axis)
+        self.run()                   # compile the kernels for these shapes and dtypes
+        self.sync()
+
+    def sync(self):
+        self.cupy.cuda.get_current_stream().synchronize()
+
+    def seconds(self, repeats=20):
+        """Median device time of ``run`` between CUDA events."""
+        start, stop = self.cupy.cuda.Event(), self.cupy.cuda.Event()
+        times = []
+        for _ in range(repeats):
+            start.record()
+            self.run()
+            stop.record()
+            stop.synchronize()
+            times.append(self.cupy.cuda.get_elapsed_time(start, stop) / 1e3)
+        return sorted(times)[len(times) // 2]
+
+
+class CudaTrainingForward(_CudaCase):
+    """``layer(x, training=True)`` on a CuPy array."""
+
+    def run(self):
+        return self.layer(self.x, training=True)
+
+    def time_forward(self, case):
+        self.run()
+        self.sync()
+
+    def track_bandwidth(self, case):
+        # the least traffic: one read of x (statistics), then read x and write y
+        return round(3 * self.x.nbytes / self.seconds() / 1e9, 1)
+
+    track_bandwidth.unit = "GB/s"
+
+
+class CudaInferenceForward(_CudaCase):
+    """``layer(x, training=False)`` on a CuPy array."""
+
+    def run(self):
+        return self.layer(self.x, training=False)
+
+    def time_forward(self, case):
+        self.run()
+        self.sync()
+
+    def track_bandwidth(self, case):
+        return round(2 * self.x.nbytes / self.seconds() / 1e9, 1)
+
+    track_bandwidth.unit = "GB/s"
+
+
+class CudaStep(_CudaCase):
+    """Forward (training) and backward on CuPy arrays."""
+
+    def run(self):
+        self.layer(self.x, training=True)
+        return self.layer.backward(self.dy)
+
+    def time_step(self, case):
+        self.run()
+        self.sync()
+
+    def track_bandwidth(self, case):
+        # two copies and four reads of an input-sized array (see numbabn/bench.py)
+        return round(8 * self.x.nbytes / self.seconds() / 1e9, 1)
+
+    track_bandwidth.unit = "GB/s"
