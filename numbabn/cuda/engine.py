@@ -61,8 +61,7 @@ def adopt(x):
     view = cuda.as_cuda_array(x, sync=False)
     module = type(x).__module__.split(".")[0]
     if module == "cupy":
-        import cupy
-        return view, cupy.asarray
+        return view, _to_cupy
     if module == "torch":
         import torch
         device = x.device
@@ -72,6 +71,19 @@ def adopt(x):
 
 def _identity(a):
     return a
+
+
+def _to_cupy(a):
+    """A CuPy array over the memory of the Numba device array ``a`` (kept alive by it).
+
+    Built from the pointer rather than through ``__cuda_array_interface__``: importing through
+    the interface makes CuPy synchronize the stream the array reports, which would make every
+    call wait for the GPU.
+    """
+    import cupy
+    memory = cupy.cuda.UnownedMemory(a.device_ctypes_pointer.value or 0, a.nbytes, a,
+                                     cupy.cuda.Device().id)   # an empty array has no pointer
+    return cupy.ndarray(a.shape, a.dtype, cupy.cuda.MemoryPointer(memory, 0), strides=a.strides)
 
 
 def to_host(a):
