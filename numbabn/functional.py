@@ -122,9 +122,10 @@ def constant(channels, value, device=_dispatch.CPU):
     return _dispatch.engine(device).constant(channels, value)
 
 
-def _per_feature_vector(value, channels, name, default, device=_dispatch.CPU):
+def _per_feature_vector(value, channels, name, default, device=_dispatch.CPU, like=None):
     """A per-feature argument as a flat float64 ``(C,)`` vector on ``device`` (``default`` when
-    ``None``). Host values are copied to the device; CUDA arrays must go with a CUDA input."""
+    ``None``). Host values are copied to the device (on ``like``'s stream); CUDA arrays must go
+    with a CUDA input."""
     eng = _dispatch.engine(device)
     if value is None:
         return eng.constant(channels, default)
@@ -136,15 +137,17 @@ def _per_feature_vector(value, channels, name, default, device=_dispatch.CPU):
             raise ValueError(f"`{name}` must have one value per feature ({channels}). "
                              f"Received: {name} with shape {shape}")
         v = eng.copy(eng.astype(v.reshape(-1), np.float64))   # later writes cannot reach it
-        return v if size == channels else eng.to_device(np.full(channels, eng.to_host(v)[0]))
+        if size == channels:
+            return v
+        return eng.to_device(np.full(channels, eng.to_host(v)[0]), like)   # reads one value
     v = _validate.as_real_array(value, name)          # a copy: later writes cannot reach it
     if v.size == 1:
-        return eng.to_device(np.full(channels, float(v.reshape(()))))
+        return eng.to_device(np.full(channels, float(v.reshape(()))), like)
     if v.size != channels:
         raise ValueError(
             f"`{name}` must have one value per feature ({channels}). "
             f"Received: {name} with shape {v.shape}")
-    return eng.to_device(v.reshape(-1))
+    return eng.to_device(v.reshape(-1), like)
 
 
 def moments(x, axis=-1, virtual_batch_size=None):
@@ -195,7 +198,7 @@ def normalize_batch(xc, layout, device, mean, var, epsilon, gamma=None, beta=Non
     C = layout.channels
 
     def vector(value, name, default):
-        return _per_feature_vector(value, C, name, default, device)
+        return _per_feature_vector(value, C, name, default, device, xc)
     return normalize_vectors(
         xc, layout, device, mean, var, epsilon, vector(gamma, "gamma", 1.0),
         vector(beta, "beta", 0.0), vector(r, "r", 1.0), vector(d, "d", 0.0),
@@ -316,7 +319,7 @@ def batch_norm_infer(x, mean, variance, gamma=None, beta=None, *, axis=-1, epsil
     C = layout.channels
 
     def vector(value, name, default):
-        return _per_feature_vector(value, C, name, default, device)
+        return _per_feature_vector(value, C, name, default, device, xc)
     y, cache = normalize_moving(xc, layout, device, vector(mean, "mean", 0.0),
                                 vector(variance, "variance", 1.0), epsilon,
                                 vector(gamma, "gamma", 1.0), vector(beta, "beta", 0.0))

@@ -87,13 +87,30 @@ def _to_cupy(a):
 
 
 def to_host(a):
-    """A NumPy copy of a device array (waits for the work that produces it)."""
-    return a.copy_to_host(stream=_stream(a)) if _stream(a) else a.copy_to_host()
+    """A NumPy copy of a device array.
+
+    Waits for the whole device first: the array may have been written on any stream (a
+    weight is updated on the stream of each call), and reading on the host is a synchronization
+    point anyway.
+    """
+    cuda.synchronize()
+    return a.copy_to_host()
 
 
 def to_device(values, like=None):
-    """A device copy of a NumPy array, queued on ``like``'s stream."""
-    return cuda.to_device(np.ascontiguousarray(values), stream=_stream(like))
+    """A device copy of a NumPy array.
+
+    Queued on ``like``'s stream when given (ordered with the work of that call). Without it
+    (weights, shared constants: uploads that happen once), the copy is waited for, so that work
+    on any stream may use the result.
+    """
+    values = np.ascontiguousarray(values)
+    stream = _stream(like) if like is not None else 0
+    if stream:
+        return cuda.to_device(values, stream=stream)
+    out = cuda.to_device(values)
+    cuda.synchronize()
+    return out
 
 
 _constants = threading.local()
@@ -107,7 +124,7 @@ def constant(channels, value, like=None):
     if v is None:
         if len(cache) > 64:
             cache.clear()
-        v = cache[key] = cuda.to_device(np.full(channels, value))
+        v = cache[key] = to_device(np.full(channels, value))
     return v
 
 
