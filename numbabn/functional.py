@@ -43,7 +43,7 @@ class BatchNormCache:
         ``(G,) + feature_shape`` under ghost batching), as arrays of the input's kind. In
         inference these are the moving statistics that were passed in.
     count : int
-        Elements averaged into each statistic.
+        Elements averaged into each statistic (over every process, for a synchronized layer).
     training : bool
         Whether the gradient flows through the batch statistics.
     """
@@ -57,6 +57,9 @@ class BatchNormCache:
         self.epsilon, self.dtype = epsilon, dtype
         self.wrap = wrap or _identity
         self.feature_shape = tuple(layout.shape[a] for a in layout.axes)
+        self.count = layout.count
+        # synchronized batch norm: adds the backward sums of the other processes
+        self.reduce_sums = None
 
     def _per_feature(self, a):
         eng = _dispatch.engine(self.device)
@@ -72,10 +75,6 @@ class BatchNormCache:
     @property
     def variance(self):
         return self._per_feature(self._var)
-
-    @property
-    def count(self):
-        return self.layout.count
 
 
 def _identity(a):
@@ -367,8 +366,9 @@ def backward(dy, cache, out=None):
     eng = _dispatch.engine(cache.device)
     dx, dgamma, dbeta = eng.backward(
         cache.x, eng.canonical(dy, layout, cache.dtype), layout.rows_per_sample, groups,
-        cache._mean, cache._inv_std, layout.count, cache.training, cache._gamma, cache._r,
-        cache._d, cache._adj_scale, cache._adj_bias, out=_canonical_out(out, layout))
+        cache._mean, cache._inv_std, cache.count, cache.training, cache._gamma, cache._r,
+        cache._d, cache._adj_scale, cache._adj_bias, out=_canonical_out(out, layout),
+        reduce_sums=cache.reduce_sums if cache.training else None)
     return _result(eng, dx, out, layout), dgamma, dbeta
 
 

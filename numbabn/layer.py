@@ -253,11 +253,14 @@ class BatchNormalization:
                  gamma_constraint=None, renorm=False, renorm_clipping=None, renorm_momentum=0.99,
                  fused=None, trainable=True, virtual_batch_size=None, adjustment=None, name=None,
                  **kwargs):
-        # The V1 Keras class accepts and drops `synchronized` (cross-replica statistics).
-        synchronized = kwargs.pop("synchronized", False)
-        if synchronized is not False:
-            raise ValueError("`synchronized=True` is not supported by this version of numbabn. "
-                             f"{_validate.received('synchronized', synchronized)}")
+        # `synchronized` is Keras' name for cross-replica statistics (the V1 class drops it);
+        # here the replicas are processes sharing the communicator `comm`.
+        self.synchronized = _validate.check_bool(kwargs.pop("synchronized", False),
+                                                 "synchronized")
+        comm = kwargs.pop("comm", None)
+        if comm is not None and not self.synchronized:
+            raise ValueError("`comm` is only used with `synchronized=True`. "
+                             f"{_validate.received('comm', comm)}")
         unknown = sorted(set(kwargs) - set(_LAYER_KWARGS))
         if unknown:
             raise TypeError(f"Keyword argument not understood: {unknown[0]!r}. "
@@ -301,6 +304,10 @@ class BatchNormalization:
         if name is not None and not isinstance(name, str):
             raise TypeError(f"`name` must be a string. {_validate.received('name', name)}")
         self.name = name if name else _Names.unique("batch_normalization")
+        self._sync = None
+        if self.synchronized:
+            from .distributed import Synchronizer
+            self._sync = Synchronizer(comm)
         self._compute_dtype, self._param_dtype = (np.dtype(t) for t in _POLICIES[self._policy])
         # the kernels have no float16 arithmetic: half-precision layers compute in float32
         self._kernel_dtype = np.dtype(np.float32 if self._compute_dtype == np.float16
@@ -605,11 +612,12 @@ class BatchNormalization:
             self._check_input_spec(shape)
         self._resolve_axes(len(shape))
         if training:
-            if 0 in shape:
+            # a synchronized layer's process may hold none of the batch (the others do)
+            if 0 in shape and not (self.synchronized and shape and shape[0] == 0):
                 raise ValueError(
                     "Cannot compute batch statistics of an empty batch in training: the moving "
                     f"statistics would become NaN. Received: inputs with shape {tuple(shape)}")
-            if self.virtual_batch_size is not None:
+            if self.virtual_batch_size is not None and not (self.synchronized and shape[0] == 0):
                 _validate.check_ghost_batch(self.virtual_batch_size, shape)
 
     def _check_training(self, training):
@@ -678,8 +686,23 @@ class BatchNormalization:
         eng = _dispatch.engine(device)
         xc = eng.canonical(x, layout, self._kernel_dtype)
         mean, var = eng.moments(xc, layout.rows_per_sample, layout.groups)
-        # under ghost batching the moving statistics take the average over groups
-        batch_mean, batch_var = eng.group_average(mean, var)
+        count = layout.count
+        reduce_sums = None
+        if self._sync is None:
+            # under ghost batching the moving statistics take the average over groups
+            batch_mean, batch_var = eng.group_average(mean, var)
+        elif self.virtual_batch_size is None:
+            mean, var, count = self._sync.moments(eng, mean, var, count)
+            if count == 0:
+                raise ValueError("Cannot compute batch statistics of an empty batch in training: "
+                                 "every process of the synchronized layer received an empty "
+                                 f"batch. Received: inputs with shape {tuple(x.shape)}")
+            batch_mean, batch_var = mean[0], var[0]
+
+            def reduce_sums(sum_dy, sum_dyxc):
+                return self._sync.sums(eng, sum_dy, sum_dyxc)
+        else:                            # ghost groups stay within a process
+            batch_mean, batch_var = self._sync.group_average(eng, mean, var)
         C = layout.channels
         ones, zeros = eng.constant(C, 1.0), eng.constant(C, 0.0)
         r, d = (self._renorm_correction(eng, device, batch_mean, batch_var) if self.renorm
@@ -691,9 +714,10 @@ class BatchNormalization:
             xc, layout, device, mean, var, self.epsilon, ones if gamma is None else gamma,
             zeros if beta is None else beta, r, d, adj_scale, adj_bias,
             out=self._output(layout, xc.dtype, "y", device))
+        cache.count, cache.reduce_sums = count, reduce_sums
 
         def commit():
-            self._update_statistics(eng, device, batch_mean, batch_var, layout.count)
+            self._update_statistics(eng, device, batch_mean, batch_var, count)
         return y, cache, commit
 
     def _infer(self, x, device):
@@ -785,6 +809,8 @@ class BatchNormalization:
         if input_dtype == cache.dtype:
             out = self._output(cache.layout, cache.dtype, "dx", device)
         dx, dgamma, dbeta = F.backward(dy, cache, out=out)
+        if self._sync is not None and cache.training and cache.layout.ghost:
+            dgamma, dbeta = self._sync.sums(eng, dgamma, dbeta)    # the whole batch's gradients
         grads = {}
         wrap = cache.wrap
         if self._trainable:
@@ -829,6 +855,8 @@ class BatchNormalization:
             config["renorm_momentum"] = self.renorm_momentum
         if self.virtual_batch_size is not None:
             config["virtual_batch_size"] = self.virtual_batch_size
+        if self.synchronized:
+            config["synchronized"] = True
         return config
 
     @classmethod

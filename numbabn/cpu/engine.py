@@ -16,7 +16,8 @@ from . import kernels
 
 __all__ = ["moments", "normalize", "backward", "moving_averages", "group_average",
            "renorm_correction", "stddev", "variance_from_stddev", "adopt", "to_host", "to_device",
-           "constant", "canonical", "restore", "astype", "copy", "empty", "add_scaled", "assign", "as_vector"]
+           "constant", "canonical", "restore", "astype", "copy", "empty", "add_scaled", "assign", "as_vector", "stack",
+           "combine_moments", "sum_over_ranks", "weighted_average"]
 
 # A reduction unit covers about this many elements: large enough that the (units, C) float64
 # partials cost a few percent of the input's traffic, small enough to spread over cores.
@@ -178,15 +179,20 @@ def grad_sums(x, dy, rows_per_sample, groups, m_hi):
 
 
 def backward(x, dy, rows_per_sample, groups, mean, inv_std, count, training, gamma, r, d,
-             adj_scale, adj_bias, out=None):
+             adj_scale, adj_bias, out=None, reduce_sums=None):
     """Input and parameter gradients of :func:`normalize` (``training``) or of inference.
 
     Returns ``(dx, dgamma (C,), dbeta (C,))``; ``mean``/``inv_std`` are those of the forward pass.
+    ``reduce_sums(sum_dy, sum_dyxc) -> (sum_dy, sum_dyxc)``, if given, replaces the per-(group,
+    feature) sums before they are used (synchronized batch norm adds those of other processes;
+    ``count`` is then the global count).
     """
     G, C = mean.shape
     mean = np.ascontiguousarray(mean, dtype=np.float64)
     m_hi = mean.astype(x.dtype)
     sum_dy, sum_dyxc = grad_sums(x, dy, rows_per_sample, groups, m_hi)
+    if reduce_sums is not None:
+        sum_dy, sum_dyxc = (np.ascontiguousarray(a) for a in reduce_sums(sum_dy, sum_dyxc))
     dy_mean, k_dy, k_xc, k_0 = np.empty((4, G, C), dtype=x.dtype)
     dgamma, dbeta = np.empty(C), np.empty(C)
     _pick(kernels.grad_coefficients, mean.size)(sum_dy, sum_dyxc, mean, inv_std, float(count),
@@ -226,6 +232,8 @@ def group_average(mean, var):
     """Per-feature average of the group statistics ``(G, C)`` -> two ``(C,)`` vectors."""
     if mean.shape[0] == 1:
         return mean[0], var[0]
+    if mean.shape[0] == 0:                   # no groups (an empty synchronized batch)
+        return np.full(mean.shape[1], np.nan), np.full(mean.shape[1], np.nan)
     return mean.mean(axis=0), var.mean(axis=0)
 
 
@@ -324,3 +332,55 @@ def assign(out, values):
 def as_vector(a):
     """A weight as the flat float64 vector the kernels take."""
     return a.reshape(-1).astype(np.float64)
+
+
+# ------------------------------------------------------------------------------------------------
+# across processes (synchronized batch norm): gathered per-rank rows, combined in rank order
+
+
+def stack(arrays):
+    """The float64 arrays of one size as the rows of a new ``(k, n)`` array."""
+    return np.stack([np.asarray(a, np.float64).reshape(-1) for a in arrays])
+
+
+def combine_moments(gathered):
+    """Chan-merge per-rank ``(count, mean, M2)`` rows, ``gathered[P, 3, C]``, in rank order.
+
+    Returns ``(mean (1, C), biased variance (1, C), total count)``; ranks with no values are
+    skipped (their mean is undefined).
+    """
+    P, _, C = gathered.shape
+    n_a = 0.0
+    mean = np.zeros(C)
+    m2 = np.zeros(C)
+    for p in range(P):
+        n_b, mean_b, m2_b = gathered[p, 0, 0], gathered[p, 1], gathered[p, 2]
+        if n_b == 0:
+            continue
+        n = n_a + n_b
+        delta = mean_b - mean
+        mean = mean + delta * (n_b / n)
+        m2 = m2 + m2_b + delta * delta * (n_a * n_b / n)
+        n_a = n
+    var = m2 / n_a if n_a else np.full(C, np.nan)
+    return mean[None], var[None], int(n_a)
+
+
+def sum_over_ranks(gathered):
+    """``gathered[P, k, n]`` summed over ranks in rank order: ``(k, n)``."""
+    out = np.zeros(gathered.shape[1:])
+    for p in range(gathered.shape[0]):
+        out += gathered[p]
+    return out
+
+
+def weighted_average(gathered):
+    """Rows ``gathered[P, 1 + k, n]`` of (weight, k values): ``sum(w * v) / sum(w)`` over ranks
+    in rank order, ``(k, n)``; ranks of weight 0 are skipped."""
+    total = np.zeros(gathered.shape[1:])
+    for p in range(gathered.shape[0]):
+        w = gathered[p, 0]
+        if np.any(w):
+            total[0] += w
+            total[1:] += w * gathered[p, 1:]
+    return total[1:] / total[0]

@@ -18,7 +18,8 @@ from . import kernels as K
 
 __all__ = ["moments", "normalize", "backward", "moving_averages", "group_average",
            "renorm_correction", "stddev", "variance_from_stddev", "adopt", "to_host", "to_device",
-           "constant", "canonical", "restore", "astype", "copy", "empty", "add_scaled", "assign", "as_vector"]
+           "constant", "canonical", "restore", "astype", "copy", "empty", "add_scaled", "assign", "as_vector", "stack",
+           "combine_moments", "sum_over_ranks", "weighted_average"]
 
 # Reductions aim for about this many blocks (enough to fill a large GPU several times over).
 TARGET_BLOCKS = 4 if K.SIMULATOR else 2048
@@ -242,6 +243,9 @@ def group_average(mean, var):
     G, C = mean.shape
     if G == 1:
         return mean[0], var[0]
+    if G == 0:                               # no groups (an empty synchronized batch)
+        nan = np.full(C, np.nan)
+        return to_device(nan, mean), to_device(nan, mean)
     batch_mean = _empty(C, np.float64, mean)
     batch_var = _empty(C, np.float64, mean)
     _vector_launch(K.group_average, C, mean)(mean, var, batch_mean, batch_var)
@@ -284,6 +288,9 @@ def _affine(x, rows_per_sample, groups, m, a, b, out):
 def grad_sums(x, dy, rows_per_sample, groups, m_hi):
     """``sum(dy)`` and ``sum(dy * (x - m_hi))`` per (group, feature), float64 ``(groups, C)``."""
     C = x.shape[1]
+    if x.size == 0:
+        zeros = np.zeros((groups, C))
+        return to_device(zeros, x), to_device(zeros, x)
     sum_dy = _empty((groups, C), np.float64, x)
     sum_dyxc = _empty((groups, C), np.float64, x)
     ctiles = -(-C // K.TX)
@@ -305,15 +312,17 @@ def grad_sums(x, dy, rows_per_sample, groups, m_hi):
 
 
 def backward(x, dy, rows_per_sample, groups, mean, inv_std, count, training, gamma, r, d,
-             adj_scale, adj_bias, out=None):
+             adj_scale, adj_bias, out=None, reduce_sums=None):
     """Input and parameter gradients of :func:`normalize` (``training``) or of inference.
 
-    Returns ``(dx, dgamma (C,), dbeta (C,))``.
+    Returns ``(dx, dgamma (C,), dbeta (C,))``; ``reduce_sums`` as in the CPU engine.
     """
     G, C = mean.shape
     m_hi = _empty((G, C), x.dtype, x)
     _vector_launch(K.cast, G * C, x)(mean.reshape(-1), m_hi.reshape(-1))
     sum_dy, sum_dyxc = grad_sums(x, dy, rows_per_sample, groups, m_hi)
+    if reduce_sums is not None:
+        sum_dy, sum_dyxc = reduce_sums(sum_dy, sum_dyxc)
     dy_mean, k_dy, k_xc, k_0 = (_empty((G, C), x.dtype, x) for _ in range(4))
     dgamma = _empty(C, np.float64, x)
     dbeta = _empty(C, np.float64, x)
@@ -382,3 +391,51 @@ def assign(out, values):
 def as_vector(a):
     """A weight as a flat vector for the kernels (they convert each value to float64)."""
     return a.reshape(-1)
+
+
+# ------------------------------------------------------------------------------------------------
+# across processes (synchronized batch norm): gathered per-rank rows, combined in rank order
+
+
+def stack(arrays):
+    """Device arrays of one size as the rows of a new float64 ``(k, n)`` device array."""
+    n = arrays[0].size
+    out = _empty((len(arrays), n), np.float64, arrays[0])
+    for i, a in enumerate(arrays):
+        if n:
+            _copy_launch(K.cast, n, a)(a.reshape(-1), out[i])
+    return out
+
+
+def combine_moments(gathered):
+    """Chan-merge per-rank ``(count, mean, M2)`` rows, ``gathered[P, 3, C]``, in rank order.
+
+    Returns ``(mean (1, C), biased variance (1, C), total count)``. The total is read back to
+    the host (the caller needs it as a number), which waits for the device.
+    """
+    P, _, C = gathered.shape
+    mean = _empty((1, C), np.float64, gathered)
+    var = _empty((1, C), np.float64, gathered)
+    _vector_launch(K.combine_ranks, C, gathered)(gathered, mean, var)
+    counts = to_host(gathered[:, 0, 0]) if C else np.zeros(P)
+    return mean, var, int(counts.sum())
+
+
+def sum_over_ranks(gathered):
+    """``gathered[P, k, n]`` summed over ranks in rank order: ``(k, n)``."""
+    P, k, n = gathered.shape
+    out = _empty((k, n), np.float64, gathered)
+    if k * n:
+        _vector_launch(K.sum_ranks, k * n, gathered)(gathered.reshape(P, k * n),
+                                                      out.reshape(-1))
+    return out
+
+
+def weighted_average(gathered):
+    """Rows ``gathered[P, 1 + k, n]`` of (weight, k values): ``sum(w * v) / sum(w)`` over ranks
+    in rank order, ``(k, n)``; ranks of weight 0 are skipped."""
+    P, rows, n = gathered.shape
+    out = _empty((rows - 1, n), np.float64, gathered)
+    if out.size:
+        _vector_launch(K.weighted_average, out.size, gathered)(gathered, out)
+    return out

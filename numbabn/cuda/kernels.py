@@ -545,6 +545,52 @@ def merge_sums(p_dy, p_dyxc, sum_dy, sum_dyxc):
 
 
 # ------------------------------------------------------------------------------------------------
+# across processes: rows gathered from every rank, combined in rank order
+
+
+@cuda.jit
+def combine_ranks(gathered, mean, var):
+    """Chan-merge ``gathered[P, 3, C]`` rows of (count, mean, M2) per feature, rank by rank."""
+    P, _, C = gathered.shape
+    c = cuda.grid(1)
+    if c < C:
+        n, m, m2 = 0.0, 0.0, 0.0
+        for p in range(P):
+            n, m, m2 = _chan(n, m, m2, gathered[p, 0, c], gathered[p, 1, c], gathered[p, 2, c])
+        mean[0, c] = m if n > 0.0 else math.nan
+        var[0, c] = m2 / n if n > 0.0 else math.nan
+
+
+@cuda.jit
+def sum_ranks(gathered, out):
+    """``out[i] = sum over p of gathered[p, i]``, in rank order."""
+    i = cuda.grid(1)
+    if i < out.shape[0]:
+        total = 0.0
+        for p in range(gathered.shape[0]):
+            total += gathered[p, i]
+        out[i] = total
+
+
+@cuda.jit
+def weighted_average(gathered, out):
+    """``out[j, i] = sum_p w_p * v_p / sum_p w_p`` for rows ``gathered[p] = (w, v_1 .. v_k)``;
+    ranks of weight 0 are skipped (their values may be undefined)."""
+    P, rows, n = gathered.shape
+    t = cuda.grid(1)
+    if t < (rows - 1) * n:
+        j = t // n
+        i = t - j * n
+        weight, total = 0.0, 0.0
+        for p in range(P):
+            w = gathered[p, 0, i]
+            if w != 0.0:
+                weight += w
+                total += w * gathered[p, j + 1, i]
+        out[j, i] = total / weight
+
+
+# ------------------------------------------------------------------------------------------------
 # data movement
 
 
