@@ -4,6 +4,7 @@ It follows ``tf.compat.v1.keras.layers.BatchNormalization`` (tf_keras' V1 class)
 argument; ``docs/numerics.md`` lists the conventions and the few places where numbabn
 deliberately differs (it refuses what TF silently turns into NaN, and its config round-trips).
 """
+import functools
 import itertools
 import threading
 
@@ -698,9 +699,7 @@ class BatchNormalization:
                                  "every process of the synchronized layer received an empty "
                                  f"batch. Received: inputs with shape {tuple(x.shape)}")
             batch_mean, batch_var = mean[0], var[0]
-
-            def reduce_sums(sum_dy, sum_dyxc):
-                return self._sync.sums(eng, sum_dy, sum_dyxc)
+            reduce_sums = functools.partial(self._sync.sums, eng)   # the backward's collective
         else:                            # ghost groups stay within a process
             batch_mean, batch_var = self._sync.group_average(eng, mean, var)
         C = layout.channels
