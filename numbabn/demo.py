@@ -165,14 +165,17 @@ def softmax_cross_entropy(logits, labels):
 # the network
 
 
-def build_mlp(batch_norm, seed, n_in=64):
-    """The demo MLP as a list of layers; with and without BN it starts from the same weights."""
+def build_mlp(batch_norm, seed, n_in=64, **bn_options):
+    """The demo MLP as a list of layers; with and without BN it starts from the same weights.
+
+    ``bn_options`` go to every BatchNormalization layer (e.g. ``synchronized=True``).
+    """
     rng = np.random.default_rng(seed)
     layers = []
     for width in (HIDDEN_UNITS, HIDDEN_UNITS):
         layers.append(Dense(n_in, width, rng, bias=not batch_norm))   # BN's beta is the bias
         if batch_norm:
-            layers.append(BatchNormalization(momentum=BN_MOMENTUM))
+            layers.append(BatchNormalization(momentum=BN_MOMENTUM, **bn_options))
         layers.append(ReLU())
         n_in = width
     layers.append(Dense(n_in, CLASSES, rng, bias=True))

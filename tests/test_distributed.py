@@ -89,3 +89,15 @@ def test_an_empty_batch_on_every_process_is_refused_and_changes_nothing():
         layer(np.ones((0, 3), np.float32), training=True)
     for a, b in zip(layer.get_weights(), before):
         np.testing.assert_array_equal(a, b)
+
+
+def test_data_parallel_example_follows_the_single_process_loss_curve():
+    """examples/data_parallel.py: the demo network on 2 ranks, against 1 process."""
+    pytest.importorskip("sklearn")
+    env = dict(os.environ, NUMBA_NUM_THREADS="1",
+               PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
+    proc = subprocess.run([mpiexec(), "-n", "2", sys.executable, "-m", "mpi4py",
+                           str(ROOT / "examples" / "data_parallel.py"), "--steps", "60",
+                           "--check"], env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "largest loss difference" in proc.stdout
