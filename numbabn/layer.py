@@ -179,7 +179,8 @@ class BatchNormalization:
 
     Normalizes each feature with the statistics of the current batch in training, and with
     moving averages of them in inference, then scales by ``gamma`` and shifts by ``beta``.
-    Runs on NumPy arrays with Numba CPU kernels.
+    Runs on NumPy arrays with Numba CPU kernels, and on CUDA arrays (CuPy, Numba device arrays)
+    with Numba CUDA kernels; results are arrays of the input's kind.
 
     Parameters
     ----------
@@ -223,6 +224,14 @@ class BatchNormalization:
         array); the normalized value becomes ``scale * xhat + bias`` before gamma and beta.
     name : str, optional
         Layer name; default ``batch_normalization`` (made unique).
+    synchronized : bool, default False
+        Batch statistics over the batches of every process of ``comm`` (data-parallel
+        training): P processes compute what one process computes on the concatenated batch.
+        See ``docs/distributed.md``. Needs mpi4py (or, for CUDA arrays, a CuPy NCCL
+        communicator).
+    comm : optional
+        The communicator of a synchronized layer: an mpi4py communicator
+        (``mpi4py.MPI.COMM_WORLD`` by default) or a ``cupy.cuda.nccl.NcclCommunicator``.
     **kwargs
         ``dtype`` (``'float32'`` default, ``'float64'``, ``'float16'``, ``'mixed_float16'``) and
         the other keyword arguments every Keras layer accepts (``input_shape``, ``weights``, ...).
