@@ -26,14 +26,17 @@ if "NUMBA_ENABLE_CUDASIM" not in os.environ and not _has_cuda_driver():
     os.environ["NUMBA_ENABLE_CUDASIM"] = "1"
 SIMULATOR = os.environ.get("NUMBA_ENABLE_CUDASIM", "0") == "1"
 if SIMULATOR:
+    import simulator_fix  # noqa: E402
+
     sys.setswitchinterval(1e-4)      # the simulator's threads hand over much faster
+    simulator_fix.install()
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
 # The fixture generator needs TensorFlow, which the suite never imports; the PTX check runs in
 # its own process (tests/test_cuda.py), and the MPI scripts under mpiexec (test_distributed.py).
-collect_ignore = ["golden/generate.py", "ptx_compile.py", "mpi"]
+collect_ignore = ["golden/generate.py", "ptx_compile.py", "mpi", "simulator_fix.py"]
 
 # Tolerances are data: one row per compute dtype, used by every comparison in the suite.
 # float32 results are compared with outputs of order 1; float64 with the float64 reference.
