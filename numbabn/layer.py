@@ -872,6 +872,131 @@ class BatchNormalization:
         """A new, unbuilt layer from :meth:`get_config` output."""
         return cls(**config)
 
+    # --------------------------------------------------------------------------------------------
+    # persistence, tf.keras, inference folding
+
+    def save(self, path):
+        """Write the configuration and weights to one ``.npz`` file at ``path``.
+
+        The file is written beside ``path`` and renamed over it when complete, so a crash never
+        leaves a half-written file; it holds no pickled objects. Read it back with
+        :func:`numbabn.load`. The ``adjustment`` callable and ``comm`` are not stored (they
+        are not in the configuration either).
+
+        Raises
+        ------
+        ValueError
+            The configuration holds Python callables that cannot be written to a file.
+
+        Examples
+        --------
+        >>> import os, tempfile
+        >>> import numpy as np
+        >>> import numbabn
+        >>> layer = numbabn.BatchNormalization(momentum=0.5)
+        >>> _ = layer(np.arange(12.0).reshape(4, 3), training=True)
+        >>> path = os.path.join(tempfile.mkdtemp(), "bn.npz")
+        >>> _ = layer.save(path)
+        >>> again = numbabn.load(path)
+        >>> bool(np.array_equal(again.moving_mean.value, layer.moving_mean.value))
+        True
+        """
+        from . import persistence
+        return persistence.save(self, path)
+
+    @classmethod
+    def from_keras(cls, keras_layer):
+        """A layer with the configuration and weights of a tf.keras ``BatchNormalization``."""
+        from . import persistence
+        return persistence.from_keras(keras_layer, cls)
+
+    def to_keras(self):
+        """A ``tf.compat.v1.keras.layers.BatchNormalization`` with this layer's configuration and
+        weights (needs TensorFlow)."""
+        from . import persistence
+        return persistence.to_keras(self)
+
+    def fold(self, kernel, bias=None, axis=-1):
+        """Fold this layer's inference transform into the preceding Dense or Conv layer.
+
+        In inference the layer computes ``gamma * (z - moving_mean) / sqrt(moving_variance +
+        epsilon) + beta`` for each output feature ``z`` of the previous layer. With
+        ``s = gamma / sqrt(moving_variance + epsilon)``, the previous layer with kernel
+        ``kernel * s`` (along its output-feature axis) and bias ``(bias - moving_mean) * s +
+        beta`` computes the same thing alone.
+
+        Parameters
+        ----------
+        kernel : array
+            The previous layer's weights; ``kernel.shape[axis]`` is its number of output
+            features, this layer's number of features (e.g. ``axis=-1`` for a Keras Dense or
+            Conv2D kernel ``(kh, kw, c_in, c_out)``, ``axis=0`` for PyTorch's
+            ``(c_out, c_in, kh, kw)``).
+        bias : array, optional
+            The previous layer's bias ``(c_out,)``; ``None`` for none.
+        axis : int
+            The kernel's output-feature axis.
+
+        Returns
+        -------
+        kernel, bias : ndarray
+            New arrays in the kernel's floating dtype (float32 for other dtypes); the inputs are
+            not changed.
+
+        Raises
+        ------
+        RuntimeError
+            The layer is not built (it has no moving statistics yet).
+        ValueError
+            The layer normalizes several axes, or the kernel, axis or bias do not match its
+            number of features.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> import numbabn
+        >>> rng = np.random.default_rng(0)
+        >>> w, b = rng.normal(size=(5, 3)), rng.normal(size=3)
+        >>> bn = numbabn.BatchNormalization(momentum=0.0)
+        >>> _ = bn(rng.normal(2.0, 3.0, size=(64, 3)), training=True)
+        >>> w2, b2 = bn.fold(w, b)
+        >>> x = rng.normal(size=(4, 5))
+        >>> bool(np.allclose(x @ w2 + b2, bn(x @ w + b), atol=1e-5))
+        True
+        """
+        if not self.built:
+            raise RuntimeError(f"Layer {self.name!r} has no moving statistics yet: call it or "
+                               "build() before fold()")
+        channels = int(np.prod(self._param_shape))
+        if len(self._axes) != 1:
+            raise ValueError(f"fold() needs a layer with one feature axis. Received: layer "
+                             f"{self.name!r} with axis={self.axis!r}")
+        kernel = _validate.as_real_array(kernel, "kernel", None)
+        axis = _validate.resolve_axes(axis, kernel.ndim, "axis")[0]
+        if kernel.shape[axis] != channels:
+            raise ValueError(f"The kernel's axis {axis} must have one entry per feature "
+                             f"({channels}). Received: kernel with shape {kernel.shape}")
+        dtype = kernel.dtype if kernel.dtype.kind == "f" else np.dtype(np.float32)
+        if bias is not None:
+            bias = _validate.as_real_array(bias, "bias")
+            if bias.size != channels:
+                raise ValueError(f"`bias` must have one value per feature ({channels}). "
+                                 f"Received: bias with shape {bias.shape}")
+            bias = bias.reshape(-1)
+
+        def weight(key, default):
+            var = self._variables.get(key)
+            return np.full(channels, default) if var is None else (
+                var.value.reshape(-1).astype(np.float64))
+        scale = weight("gamma", 1.0) / np.sqrt(weight("moving_variance", 1.0) + self.epsilon)
+        shape = [1] * kernel.ndim
+        shape[axis] = channels
+        new_kernel = (kernel.astype(np.float64) * scale.reshape(shape)).astype(dtype)
+        offset = np.zeros(channels) if bias is None else bias
+        new_bias = ((offset - weight("moving_mean", 0.0)) * scale
+                    + weight("beta", 0.0)).astype(dtype)
+        return new_kernel, new_bias
+
     def __repr__(self):
         state = "built" if self.built else "not built"
         return f"<BatchNormalization name={self.name!r} axis={self.axis!r} ({state})>"
