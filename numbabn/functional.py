@@ -337,8 +337,11 @@ def batch_norm_backward(dy, cache):
     dx : ndarray
         Same shape as the forward input; in ``dy``'s dtype when that is floating, else in the
         forward computation's dtype.
-    dgamma, dbeta : ndarray
+    dgamma, dbeta : array
         float64, ``feature_shape``: the gradients of the scale and the offset.
+
+    Every result is an array of the forward input's kind (NumPy, CuPy, ...); ``dy`` must be on
+    the same device as that input (``TypeError`` otherwise).
     """
     dy, device = _validate.as_input_array(dy, "dy")
     _dispatch.check_same_device(cache.device, [("dy", dy)])
@@ -376,7 +379,8 @@ def moving_average(moving, batch_stat, momentum):
     """``moving - (moving - batch_stat) * (1 - momentum)``, as a new array.
 
     Computed in ``moving``'s dtype when it is floating (float64 otherwise); ``batch_stat``
-    broadcasts to ``moving``'s shape.
+    broadcasts to ``moving``'s shape. On CUDA arrays both must be on the device and of one shape;
+    the result is an array of ``moving``'s kind.
     """
     momentum = _validate.check_finite(momentum, "momentum")
     if _dispatch.CUDA in (_dispatch.device_of(moving), _dispatch.device_of(batch_stat)):
