@@ -55,6 +55,9 @@ class Layout:
             self.rows_per_sample * self.inner)
         self.canonical_shape = ((self.rows, self.channels) if self.inner == 1
                                 else (self.rows, self.channels, self.inner))
+        # a mask holds one value per position: the input's shape with 1 on the feature axes
+        self.mask_shape = tuple(1 if a in self.axes else d for a, d in enumerate(self.shape))
+        self.weights_shape = (self.rows,) if self.inner == 1 else (self.rows, self.inner)
 
     def canonical(self, x):
         """``x`` as a C-contiguous (R, C) or (R, C, I) array; a view whenever possible."""
@@ -68,3 +71,33 @@ class Layout:
         if self.perm is not None:
             y = np.ascontiguousarray(np.transpose(y, np.argsort(self.perm)))
         return y
+
+    def mask_dims(self, shape, strides=None):
+        """The dims (and strides) of a mask of ``shape`` seen at the input's rank.
+
+        A mask of rank ``ndim - len(axes)`` is the input's shape without its feature axes
+        (Keras' convention: ``(N, T)`` for an ``(N, T, C)`` input); any other mask broadcasts
+        to the input by NumPy's rules. Either way it must hold one value per position: size 1
+        on every feature axis. Returns ``(dims, strides)`` with ``strides`` 0 where a dim is
+        broadcast; ``ValueError`` naming ``mask`` otherwise.
+        """
+        ndim = len(self.shape)
+        strides = [0] * len(shape) if strides is None else list(strides)
+        pairs = list(zip(shape, strides))
+        if len(shape) == ndim - len(self.axes):
+            it = iter(pairs)
+            pairs = [(1, 0) if a in self.axes else next(it) for a in range(ndim)]
+        elif len(shape) <= ndim:
+            pairs = [(1, 0)] * (ndim - len(shape)) + pairs
+        else:
+            pairs = None
+        if pairs is None or any(
+                d not in (1, self.shape[a]) or (a in self.axes and d != 1)
+                for a, (d, _) in enumerate(pairs)):
+            raise ValueError(
+                "`mask` must have the input's shape without its feature axes, or broadcast to "
+                "the input with size 1 on the feature axes (one value per position). Received: "
+                f"mask with shape {tuple(shape)} for inputs with shape {self.shape} and "
+                f"feature axes {list(self.axes)}")
+        return ([d for d, _ in pairs],
+                [0 if d == 1 else st for d, st in pairs])

@@ -60,6 +60,8 @@ class BatchNormCache:
         self.count = layout.count
         # synchronized batch norm: adds the backward sums of the other processes
         self.reduce_sums = None
+        # a masked training call: the positions that made the statistics
+        self.weights = None
 
     def _per_feature(self, a):
         eng = _dispatch.engine(self.device)
@@ -96,6 +98,13 @@ def _prepare(x, axis, virtual_batch_size=None):
     eng = _dispatch.engine(device)
     x, wrap = eng.adopt(x)
     return eng.canonical(x, layout, compute_dtype(x.dtype)), layout, device, result_dtype, wrap
+
+
+def check_masked_count(count, layout):
+    if count == 0:
+        raise ValueError("Cannot compute batch statistics: the mask selects no position. "
+                         f"Received: a mask with no true value for inputs with shape "
+                         f"{layout.shape}")
 
 
 def _check_not_empty(layout):
@@ -256,7 +265,31 @@ def _vector_or_default(v, channels, default, eng):
     return eng.constant(channels, default) if v is None else v
 
 
-def batch_norm_train(x, gamma=None, beta=None, *, axis=-1, epsilon=1e-3, virtual_batch_size=None):
+def mask_weights(mask, layout, device):
+    """Validate ``mask`` for inputs of ``layout`` and return the engine's canonical weights.
+
+    The mask marks the positions whose values make the statistics (true: counted); see
+    :meth:`numbabn._layout.Layout.mask_dims` for the shapes it may have.
+    """
+    if device == _dispatch.CPU:
+        if _dispatch.device_of(mask) == _dispatch.CUDA:
+            _dispatch.check_same_device(device, [("mask", mask)])
+        try:
+            mask = np.asarray(mask)
+        except Exception:
+            mask = None
+    else:
+        _dispatch.check_same_device(device, [("mask", mask)])
+        mask, _ = _dispatch.engine(device).adopt(mask)
+    if mask is None or np.dtype(mask.dtype).kind not in "biuf":
+        raise TypeError("`mask` must be a boolean (or 0/1 numeric) array. "
+                        f"Received: mask of type {type(mask).__name__}")
+    layout.mask_dims(tuple(mask.shape))
+    return _dispatch.engine(device).mask_weights(mask, layout)
+
+
+def batch_norm_train(x, gamma=None, beta=None, *, axis=-1, epsilon=1e-3, virtual_batch_size=None,
+                     mask=None):
     """Normalize ``x`` by its own batch statistics: ``gamma * (x - mean) / sqrt(var + eps) + beta``.
 
     Parameters
@@ -272,6 +305,11 @@ def batch_norm_train(x, gamma=None, beta=None, *, axis=-1, epsilon=1e-3, virtual
         Added to the variance.
     virtual_batch_size : int, optional
         Ghost batch size; must divide ``x.shape[0]``.
+    mask : array of bool, optional
+        Which positions make the statistics: the input's shape without the feature axes (e.g.
+        ``(N, T)`` for ``(N, T, C)``), or any shape that broadcasts to the input with size 1 on
+        the feature axes. Every position is normalized; the backward pass differentiates the
+        masked statistics exactly. Not with ``virtual_batch_size``.
 
     Returns
     -------
@@ -292,8 +330,19 @@ def batch_norm_train(x, gamma=None, beta=None, *, axis=-1, epsilon=1e-3, virtual
     epsilon = _validate.check_epsilon(epsilon)
     _check_not_empty(layout)
     eng = _dispatch.engine(device)
-    mean, var = eng.moments(xc, layout.rows_per_sample, layout.groups)
+    weights = None
+    if mask is not None:
+        if virtual_batch_size is not None:
+            raise ValueError("`mask` cannot be combined with `virtual_batch_size`. "
+                             f"Received: virtual_batch_size={virtual_batch_size}")
+        weights = mask_weights(mask, layout, device)
+        mean, var, count = eng.masked_moments(xc, weights)
+        check_masked_count(count, layout)
+    else:
+        mean, var = eng.moments(xc, layout.rows_per_sample, layout.groups)
     y, cache = normalize_batch(xc, layout, device, mean, var, epsilon, gamma, beta)
+    if weights is not None:
+        cache.count, cache.weights = count, weights
     cache.wrap = wrap
     return wrap(eng.astype(y, dtype_in)), cache
 
@@ -371,7 +420,8 @@ def backward(dy, cache, out=None):
         cache.x, eng.canonical(dy, layout, cache.dtype), layout.rows_per_sample, groups,
         cache._mean, cache._inv_std, cache.count, cache.training, cache._gamma, cache._r,
         cache._d, cache._adj_scale, cache._adj_bias, out=_canonical_out(out, layout),
-        reduce_sums=cache.reduce_sums if cache.training else None)
+        reduce_sums=cache.reduce_sums if cache.training else None,
+        weights=cache.weights if cache.training else None)
     return _result(eng, dx, out, layout), dgamma, dbeta
 
 

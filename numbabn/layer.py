@@ -569,7 +569,7 @@ class BatchNormalization:
     # --------------------------------------------------------------------------------------------
     # forward and backward
 
-    def __call__(self, inputs, training=None):
+    def __call__(self, inputs, training=None, mask=None):
         """Normalize ``inputs``.
 
         Parameters
@@ -580,6 +580,12 @@ class BatchNormalization:
         training : bool, 0/1 or None
             ``True``: normalize with this batch's statistics and update the moving statistics
             (unless the layer is not trainable). ``False``/``None``: use the moving statistics.
+        mask : array of bool, optional
+            In training, the positions whose values make the batch statistics (and so the
+            moving statistics, with the masked count): the input's shape without the feature
+            axes, e.g. ``(N, T)`` for ``(N, T, C)`` as a Keras ``Embedding(mask_zero=True)``
+            gives, or any shape that broadcasts to the input with size 1 on the feature axes.
+            Every position is normalized, and :meth:`backward` is exact. Ignored in inference.
 
         Returns
         -------
@@ -590,6 +596,10 @@ class BatchNormalization:
         eng = _dispatch.engine(device)       # an unavailable engine fails before any state change
         x, wrap = eng.adopt(x)
         training = self._check_training(training)
+        if mask is not None and training and self.virtual_batch_size is not None:
+            raise ValueError("`mask` cannot be combined with `virtual_batch_size`. "
+                             f"Received: a mask for layer {self.name!r} with "
+                             f"virtual_batch_size={self.virtual_batch_size}")
         checked = (x.shape, training)
         if not (self.built and checked in self._valid_shapes):
             self._check_call(x.shape, training)
@@ -598,7 +608,7 @@ class BatchNormalization:
             self.build(x.shape)
         try:
             if training:
-                y, cache, commit = self._train(x, device)
+                y, cache, commit = self._train(x, device, mask)
             else:
                 y, cache = self._infer(x, device)
                 commit = None
@@ -691,12 +701,19 @@ class BatchNormalization:
             factors.append(np.ascontiguousarray(full).reshape(-1))
         return factors
 
-    def _train(self, x, device):
+    def _train(self, x, device, mask=None):
         layout = self._layout(x.shape, self.virtual_batch_size is not None)
         eng = _dispatch.engine(device)
         xc = eng.canonical(x, layout, self._kernel_dtype)
-        mean, var = eng.moments(xc, layout.rows_per_sample, layout.groups)
-        count = layout.count
+        weights = None
+        if mask is not None:
+            weights = F.mask_weights(mask, layout, device)
+            mean, var, count = eng.masked_moments(xc, weights)
+            if self._sync is None:
+                F.check_masked_count(count, layout)
+        else:
+            mean, var = eng.moments(xc, layout.rows_per_sample, layout.groups)
+            count = layout.count
         reduce_sums = None
         if self._sync is None:
             # under ghost batching the moving statistics take the average over groups
@@ -722,7 +739,7 @@ class BatchNormalization:
             xc, layout, device, mean, var, self.epsilon, ones if gamma is None else gamma,
             zeros if beta is None else beta, r, d, adj_scale, adj_bias,
             out=self._output(layout, xc.dtype, "y", device))
-        cache.count, cache.reduce_sums = count, reduce_sums
+        cache.count, cache.reduce_sums, cache.weights = count, reduce_sums, weights
 
         def commit():
             self._update_statistics(eng, device, batch_mean, batch_var, count)

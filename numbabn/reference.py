@@ -14,6 +14,7 @@ import numpy as np
 __all__ = [
     "reduction_axes", "ghost_split", "moments", "normalize", "forward_train", "forward_infer",
     "backward_train", "backward_infer", "moving_update", "moving_update_fused", "renorm_correction",
+    "masked_moments", "forward_train_masked", "backward_train_masked",
 ]
 
 
@@ -155,3 +156,44 @@ def renorm_correction(mean, var, renorm_mean, renorm_stddev, epsilon,
     if dmax is not None:
         d = np.clip(d, -dmax, dmax)
     return r, d
+
+
+def masked_moments(x, axes, mask):
+    """Mean and biased variance per feature over the positions where ``mask`` (broadcast to
+    ``x``) is true: the statistics of the kept values alone. Returns ``(mean, var, count)``."""
+    x = np.asarray(x, np.float64)
+    red = reduction_axes(x.ndim, axes)
+    keep = np.broadcast_to(np.asarray(mask, bool), x.shape)
+    count = keep.sum(axis=red, keepdims=True)
+    mean = np.where(keep, x, 0.0).sum(axis=red, keepdims=True) / count
+    var = np.where(keep, (x - mean) ** 2, 0.0).sum(axis=red, keepdims=True) / count
+    return mean, var, count
+
+
+def forward_train_masked(x, axes, epsilon, mask, gamma=1.0, beta=0.0):
+    """Training output with statistics from the masked positions only; every position is
+    normalized. Returns ``(y, mean, var, count)``."""
+    mean, var, count = masked_moments(x, axes, mask)
+    y = gamma * (np.asarray(x, np.float64) - mean) / np.sqrt(var + epsilon) + beta
+    return y, mean, var, count
+
+
+def backward_train_masked(dy, x, axes, epsilon, mask, gamma=1.0):
+    """Gradients of :func:`forward_train_masked`: ``(dx, dgamma, dbeta)``.
+
+    Every output depends on the masked statistics, so the sums run over every position, but
+    only the kept positions made the statistics (and divide by their count); a position outside
+    the mask keeps only its direct term ``gamma * dy / std``.
+    """
+    dy = np.asarray(dy, np.float64)
+    x = np.asarray(x, np.float64)
+    red = reduction_axes(x.ndim, axes)
+    mean, var, count = masked_moments(x, axes, mask)
+    keep = np.broadcast_to(np.asarray(mask, bool), x.shape)
+    inv = 1.0 / np.sqrt(var + epsilon)
+    xhat = (x - mean) * inv
+    sum_dy = dy.sum(axis=red, keepdims=True)
+    sum_dy_xhat = (dy * xhat).sum(axis=red, keepdims=True)
+    through_stats = np.where(keep, (sum_dy + xhat * sum_dy_xhat) / count, 0.0)
+    dx = gamma * inv * (dy - through_stats)
+    return dx, sum_dy_xhat, sum_dy

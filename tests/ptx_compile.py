@@ -33,6 +33,10 @@ def signatures():
             ("unit_grad_sums_planes", (x3, x3, i, i, i, c2, f64_2, f64_2)),
             ("grad_input_rows", (x2, x2, i, i, c2, c2, c2, c2, c2, x2)),
             ("grad_input_planes", (x3, x3, i, i, c2, c2, c2, c2, c2, x3)),
+            ("masked_unit_moments_rows", (x2, arr(boolean, 1), i, f64_2, f64_2, f64_2)),
+            ("masked_unit_moments_planes", (x3, arr(boolean, 2), i, f64_2, f64_2, f64_2)),
+            ("masked_grad_input_rows", (x2, x2, arr(boolean, 1), c2, c2, c2, c2, c2, x2)),
+            ("masked_grad_input_planes", (x3, x3, arr(boolean, 2), c2, c2, c2, c2, c2, x3)),
             ("cast", (arr(float64, 1), arr(f, 1))),
             ("cast", (arr(f, 1), arr(f, 1))),
             ("gather", (arr(f, 8, "A"), arr(f, 1))),
@@ -63,6 +67,7 @@ def signatures():
         ("cast", (arr(float32, 1), arr(float16, 1))),
         ("cast", (arr(int64, 1), arr(float32, 1))),
         ("gather", (arr(float16, 8, "A"), arr(float32, 1))),
+        ("gather", (arr(boolean, 8, "A"), arr(boolean, 1))),
     ]
     return out
 

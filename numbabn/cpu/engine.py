@@ -17,7 +17,8 @@ from . import kernels
 __all__ = ["moments", "normalize", "backward", "moving_averages", "group_average",
            "renorm_correction", "stddev", "variance_from_stddev", "adopt", "to_host", "to_device",
            "constant", "canonical", "restore", "astype", "copy", "empty", "add_scaled", "assign", "as_vector", "stack",
-           "combine_moments", "sum_over_ranks", "weighted_average"]
+           "combine_moments", "sum_over_ranks", "weighted_average", "mask_weights",
+           "masked_moments"]
 
 # A reduction unit covers about this many elements: large enough that the (units, C) float64
 # partials cost a few percent of the input's traffic, small enough to spread over cores.
@@ -179,13 +180,14 @@ def grad_sums(x, dy, rows_per_sample, groups, m_hi):
 
 
 def backward(x, dy, rows_per_sample, groups, mean, inv_std, count, training, gamma, r, d,
-             adj_scale, adj_bias, out=None, reduce_sums=None):
+             adj_scale, adj_bias, out=None, reduce_sums=None, weights=None):
     """Input and parameter gradients of :func:`normalize` (``training``) or of inference.
 
     Returns ``(dx, dgamma (C,), dbeta (C,))``; ``mean``/``inv_std`` are those of the forward pass.
     ``reduce_sums(sum_dy, sum_dyxc) -> (sum_dy, sum_dyxc)``, if given, replaces the per-(group,
     feature) sums before they are used (synchronized batch norm adds those of other processes;
-    ``count`` is then the global count).
+    ``count`` is then the global count). ``weights``: the mask of a masked training call (see
+    :func:`masked_moments`); positions outside it get only the direct term of ``dx``.
     """
     G, C = mean.shape
     mean = np.ascontiguousarray(mean, dtype=np.float64)
@@ -203,7 +205,15 @@ def backward(x, dy, rows_per_sample, groups, mean, inv_std, count, training, gam
     dx = np.empty_like(x) if out is None else out
     if x.size == 0:
         return dx, dgamma, dbeta
-    if _small_groups(x, rows_per_sample, groups):
+    if weights is not None:
+        if x.ndim == 2:
+            _pick(kernels.masked_grad_input_rows, x.size)(
+                x, dy, weights, _row_block(x.shape[0], C, TASK_ELEMENTS), m_hi, dy_mean, k_dy,
+                k_xc, k_0, dx)
+        else:
+            _pick(kernels.masked_grad_input_planes, x.size)(x, dy, weights, m_hi, dy_mean, k_dy,
+                                                            k_xc, k_0, dx)
+    elif _small_groups(x, rows_per_sample, groups):
         _pick(kernels.grad_input_rows_by_group, x.size)(x, dy, rows_per_sample, groups, m_hi,
                                                         dy_mean, k_dy, k_xc, k_0, dx)
     elif x.ndim == 2:
@@ -384,3 +394,44 @@ def weighted_average(gathered):
             total[0] += w
             total[1:] += w * gathered[p, 1:]
     return total[1:] / total[0]
+
+
+# ------------------------------------------------------------------------------------------------
+# masks
+
+
+def mask_weights(mask, layout):
+    """A mask (see :meth:`Layout.mask_dims`) as contiguous canonical boolean weights: ``w[R]``
+    for rows, ``w[R, I]`` for planes."""
+    dims, _ = layout.mask_dims(mask.shape)
+    full = np.broadcast_to(np.asarray(mask != 0).reshape(dims), layout.mask_shape)
+    if layout.perm is not None:
+        full = np.transpose(full, layout.perm)
+    return np.ascontiguousarray(full).reshape(layout.weights_shape)
+
+
+def masked_moments(x, w):
+    """Mean and biased variance ``(1, C)`` of the positions where ``w`` is true, and their
+    number (per feature)."""
+    C = x.shape[1]
+    if x.ndim == 2:
+        block = _row_block(x.shape[0], C, UNIT_ELEMENTS)
+        units = -(-x.shape[0] // block)
+        u_n = np.empty(units, np.int64)
+        u_mean, u_m2 = _workspace("partials", np.float64, (units, C), (units, C))
+        _pick(kernels.masked_unit_moments_rows, x.size)(x, w, block, u_n, u_mean, u_m2)
+    else:
+        R, _, I = x.shape
+        chunk = max(1, min(I, UNIT_ELEMENTS))
+        units = R * (-(-I // chunk))
+        u_n = np.empty(units, np.int64)
+        u_mean, u_m2 = _workspace("partials", np.float64, (units, C), (units, C))
+        _pick(kernels.masked_unit_moments_planes, x.size)(x, w, chunk, u_n, u_mean, u_m2)
+    mean = np.empty((1, C))
+    m2 = np.empty((1, C))
+    count = kernels.merge_counted_moments(u_n, u_mean, u_m2, mean, m2)
+    if count == 0:
+        mean.fill(np.nan)
+        m2.fill(np.nan)
+        return mean, m2, 0
+    return mean, m2 / count, int(count)

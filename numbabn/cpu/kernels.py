@@ -181,6 +181,140 @@ def merge_moments(u_mean, u_m2, units_per_sample, parts, length, block, groups, 
 
 
 # ------------------------------------------------------------------------------------------------
+# masked statistics: only positions whose weight ``w`` is true count (one group)
+
+
+@_parallel_and_serial
+def masked_unit_moments_rows(x, w, block, u_n, u_mean, u_m2):
+    """Per-unit count, mean and M2 of the rows of ``x[R, C]`` with ``w[r]`` true.
+
+    Unit ``u`` covers rows ``[u * block, (u + 1) * block)``; its sums are shifted by its first
+    counted row. A unit with no counted row has count 0 (and mean and M2 0).
+    """
+    R, C = x.shape
+    for u in prange((R + block - 1) // block):
+        r0 = u * block
+        r1 = min(r0 + block, R)
+        s1 = u_mean[u]
+        s2 = u_m2[u]
+        s1[:] = 0.0
+        s2[:] = 0.0
+        first = r0
+        while first < r1 and not w[first]:
+            first += 1
+        n = 0
+        if first < r1:
+            shift = x[first]
+            for r in range(first, r1):
+                if w[r]:
+                    n += 1
+                    xr = x[r]
+                    for c in range(C):
+                        d = np.float64(xr[c]) - np.float64(shift[c])
+                        s1[c] += d
+                        s2[c] += d * d
+            for c in range(C):
+                mean_d = s1[c] / n
+                s2[c] = s2[c] - s1[c] * mean_d
+                s1[c] = np.float64(shift[c]) + mean_d
+        u_n[u] = n
+
+
+@_parallel_and_serial
+def masked_unit_moments_planes(x, w, chunk, u_n, u_mean, u_m2):
+    """Per-unit count, mean and M2 of ``x[R, C, I]`` where ``w[r, i]`` is true; unit = up to
+    ``chunk`` values of one plane, stored at ``[r * chunks + k, c]`` (counts at ``[r * chunks +
+    k]``: the weights do not depend on the feature)."""
+    R, C, I = x.shape
+    chunks = (I + chunk - 1) // chunk
+    for t in prange(R * C * chunks):
+        r, c, k = _plane_task(t, C, chunks)
+        i0 = k * chunk
+        i1 = min(i0 + chunk, I)
+        wr = w[r]
+        v = x[r, c]
+        first = i0
+        while first < i1 and not wr[first]:
+            first += 1
+        n = 0
+        unit_mean = 0.0
+        unit_m2 = 0.0
+        if first < i1:
+            shift = np.float64(v[first])
+            s1 = 0.0
+            s2 = 0.0
+            for i in range(first, i1):
+                if wr[i]:
+                    n += 1
+                    d = np.float64(v[i]) - shift
+                    s1 += d
+                    s2 += d * d
+            mean_d = s1 / n
+            unit_mean = shift + mean_d
+            unit_m2 = s2 - s1 * mean_d
+        u_mean[r * chunks + k, c] = unit_mean
+        u_m2[r * chunks + k, c] = unit_m2
+        if c == 0:
+            u_n[r * chunks + k] = n
+
+
+@njit(**_SEQ)
+def merge_counted_moments(u_n, u_mean, u_m2, mean, m2):
+    """Chan-merge units of unequal counts in unit order into ``mean[0]``, ``m2[0]`` (M2, not yet
+    divided by the count); returns the total count."""
+    C = mean.shape[1]
+    mean[0, :] = 0.0
+    m2[0, :] = 0.0
+    n_a = 0.0
+    for u in range(u_n.shape[0]):
+        n_b = np.float64(u_n[u])
+        if n_b == 0.0:
+            continue
+        n_ab = n_a + n_b
+        wgt = n_b / n_ab
+        cross = n_a * wgt
+        for c in range(C):
+            delta = u_mean[u, c] - mean[0, c]
+            mean[0, c] += delta * wgt
+            m2[0, c] += u_m2[u, c] + delta * delta * cross
+        n_a = n_ab
+    return n_a
+
+
+@_parallel_and_serial
+def masked_grad_input_rows(x, dy, w, block, m, dy_mean, k_dy, k_xc, k_0, dx):
+    """``dx`` where rows with ``w[r]`` false took no part in the statistics: there only the
+    direct term ``k_dy * dy`` remains."""
+    R, C = x.shape
+    mg, gm, c1, c2, c3 = m[0], dy_mean[0], k_dy[0], k_xc[0], k_0[0]
+    for t in prange((R + block - 1) // block):
+        for r in range(t * block, min((t + 1) * block, R)):
+            xr, gr, dr = x[r], dy[r], dx[r]
+            if w[r]:
+                for c in range(C):
+                    dr[c] = c1[c] * (gr[c] - gm[c]) + c2[c] * (xr[c] - mg[c]) + c3[c]
+            else:
+                for c in range(C):
+                    dr[c] = c1[c] * gr[c]
+
+
+@_parallel_and_serial
+def masked_grad_input_planes(x, dy, w, m, dy_mean, k_dy, k_xc, k_0, dx):
+    """:func:`masked_grad_input_rows` on planes, weights ``w[r, i]``."""
+    R, C, I = x.shape
+    for t in prange(R * C):
+        r = t // C
+        c = t - r * C
+        wr, xv, gv, dv = w[r], x[r, c], dy[r, c], dx[r, c]
+        mc, gm, c1, c2, c3 = m[0, c], dy_mean[0, c], k_dy[0, c], k_xc[0, c], k_0[0, c]
+        for i in range(I):
+            if wr[i]:
+                dv[i] = c1 * (gv[i] - gm) + c2 * (xv[i] - mc) + c3
+            else:
+                dv[i] = c1 * gv[i]
+
+
+# ------------------------------------------------------------------------------------------------
 # elementwise: y = (x - m) * a + b, per (group, feature)
 
 

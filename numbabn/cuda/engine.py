@@ -19,7 +19,8 @@ from . import kernels as K
 __all__ = ["moments", "normalize", "backward", "moving_averages", "group_average",
            "renorm_correction", "stddev", "variance_from_stddev", "adopt", "to_host", "to_device",
            "constant", "canonical", "restore", "astype", "copy", "empty", "add_scaled", "assign", "as_vector", "stack",
-           "combine_moments", "sum_over_ranks", "weighted_average"]
+           "combine_moments", "sum_over_ranks", "weighted_average", "mask_weights",
+           "masked_moments"]
 
 # Reductions aim for about this many blocks (enough to fill a large GPU several times over).
 TARGET_BLOCKS = 4 if K.SIMULATOR else 2048
@@ -312,7 +313,7 @@ def grad_sums(x, dy, rows_per_sample, groups, m_hi):
 
 
 def backward(x, dy, rows_per_sample, groups, mean, inv_std, count, training, gamma, r, d,
-             adj_scale, adj_bias, out=None, reduce_sums=None):
+             adj_scale, adj_bias, out=None, reduce_sums=None, weights=None):
     """Input and parameter gradients of :func:`normalize` (``training``) or of inference.
 
     Returns ``(dx, dgamma (C,), dbeta (C,))``; ``reduce_sums`` as in the CPU engine.
@@ -335,6 +336,10 @@ def backward(x, dy, rows_per_sample, groups, mean, inv_std, count, training, gam
     if x.size == 0:
         return dx, dgamma, dbeta
     grid, block = _elementwise_grid(x)
+    if weights is not None:
+        kernel = K.masked_grad_input_rows if x.ndim == 2 else K.masked_grad_input_planes
+        kernel[grid, block, _stream(x)](x, dy, weights, m_hi, dy_mean, k_dy, k_xc, k_0, dx)
+        return dx, dgamma, dbeta
     kernel = K.grad_input_rows if x.ndim == 2 else K.grad_input_planes
     kernel[grid, block, _stream(x)](x, dy, rows_per_sample, groups, m_hi, dy_mean, k_dy, k_xc,
                                     k_0, dx)
@@ -439,3 +444,48 @@ def weighted_average(gathered):
     if out.size:
         _vector_launch(K.weighted_average, out.size, gathered)(gathered, out)
     return out
+
+
+# ------------------------------------------------------------------------------------------------
+# masks
+
+
+def mask_weights(mask, layout):
+    """A device mask (see :meth:`Layout.mask_dims`) as contiguous canonical weights ``w[R]``
+    (rows) or ``w[R, I]`` (planes), true where it is nonzero: one gather pass."""
+    shape = layout.mask_shape
+    _, strides = layout.mask_dims(mask.shape, mask.strides)
+    perm = layout.perm or tuple(range(len(shape)))
+    view = _strided_8d(mask, [shape[a] for a in perm], [strides[a] for a in perm])
+    out = _empty(math.prod(shape), np.bool_, mask)
+    if out.size:
+        _copy_launch(K.gather, out.size, mask)(view, out)
+    return out.reshape(layout.weights_shape)
+
+
+def masked_moments(x, w):
+    """Mean and biased variance ``(1, C)`` of the positions where ``w`` is true, and their
+    number. The number is read back to the host (it scales the backward pass), which waits for
+    the device."""
+    C = x.shape[1]
+    count = int(to_host(w).sum()) if w.size else 0
+    if count == 0 or C == 0:
+        nan = np.full((1, C), np.nan)
+        return to_device(nan, x), to_device(nan, x), 0
+    ctiles = -(-C // K.TX)
+    if x.ndim == 2:
+        units, span = _rows_split(x.shape[0], ctiles)
+        p_n, p_mean, p_m2 = (_empty((units, C), np.float64, x) for _ in range(3))
+        K.masked_unit_moments_rows[(ctiles, units), (K.TX, K.TY), _stream(x)](
+            x, w, span, p_n, p_mean, p_m2)
+    else:
+        R, _, I = x.shape
+        chunk = min(I, CHUNK)
+        chunks = -(-I // chunk)
+        p_n, p_mean, p_m2 = (_empty((R * chunks, C), np.float64, x) for _ in range(3))
+        K.masked_unit_moments_planes[(chunks, min(R * C, MAX_GRID_Y)), K.T, _stream(x)](
+            x, w, chunk, p_n, p_mean, p_m2)
+    mean = _empty((1, C), np.float64, x)
+    var = _empty((1, C), np.float64, x)
+    K.merge_moments[(ctiles, 1), (K.TX, K.TY), _stream(x)](p_n, p_mean, p_m2, mean, var)
+    return mean, var, count

@@ -545,6 +545,108 @@ def merge_sums(p_dy, p_dyxc, sum_dy, sum_dyxc):
 
 
 # ------------------------------------------------------------------------------------------------
+# masked statistics (one group): only positions whose weight is true count
+
+
+@cuda.jit
+def masked_unit_moments_rows(x, w, span, p_n, p_mean, p_m2):
+    """Partials of the rows of ``x[R, C]`` with ``w[r]`` true; unit ``s`` covers rows
+    ``[s*span, (s+1)*span)``. grid (ceil(C / TX), S), block (TX, TY)."""
+    R, C = x.shape
+    tx, ty = cuda.threadIdx.x, cuda.threadIdx.y
+    c = cuda.blockIdx.x * TX + tx
+    s = cuda.blockIdx.y
+    sh_n = cuda.shared.array((TY, TX), float64)
+    sh_mean = cuda.shared.array((TY, TX), float64)
+    sh_m2 = cuda.shared.array((TY, TX), float64)
+    t0 = s * span
+    t1 = min(t0 + span, R)
+    n, s1, s2, shift = 0.0, 0.0, 0.0, 0.0
+    if c < C:
+        for r in range(t0 + ty, t1, TY):
+            if w[r]:
+                v = float64(x[r, c])
+                if n == 0.0:
+                    shift = v            # each thread shifts by its first counted value
+                v -= shift
+                s1 += v
+                s2 += v * v
+                n += 1.0
+    n, mean, m2 = _shifted(n, s1, s2, shift)
+    n, mean, m2 = _column_merge(n, mean, m2, sh_n, sh_mean, sh_m2, tx, ty)
+    if ty == 0 and c < C:
+        p_n[s, c] = n
+        p_mean[s, c] = mean
+        p_m2[s, c] = m2
+
+
+@cuda.jit
+def masked_unit_moments_planes(x, w, chunk, p_n, p_mean, p_m2):
+    """Partials of ``x[R, C, I]`` where ``w[r, i]`` is true; units as in
+    :func:`unit_moments_planes` with one group."""
+    R, C, I = x.shape
+    tid = cuda.threadIdx.x
+    k, chunks = cuda.blockIdx.x, cuda.gridDim.x
+    sh_n = cuda.shared.array(T, float64)
+    sh_mean = cuda.shared.array(T, float64)
+    sh_m2 = cuda.shared.array(T, float64)
+    i0 = k * chunk
+    i1 = min(i0 + chunk, I)
+    for p in range(cuda.blockIdx.y, R * C, cuda.gridDim.y):
+        r = p // C
+        c = p - r * C
+        n, s1, s2, shift = 0.0, 0.0, 0.0, 0.0
+        for i in range(i0 + tid, i1, T):
+            if w[r, i]:
+                v = float64(x[r, c, i])
+                if n == 0.0:
+                    shift = v
+                v -= shift
+                s1 += v
+                s2 += v * v
+                n += 1.0
+        n, mean, m2 = _shifted(n, s1, s2, shift)
+        n, mean, m2 = _block_merge_1d(n, mean, m2, sh_n, sh_mean, sh_m2, tid)
+        if tid == 0:
+            u = r * chunks + k
+            p_n[u, c] = n
+            p_mean[u, c] = mean
+            p_m2[u, c] = m2
+        cuda.syncthreads()
+
+
+@cuda.jit
+def masked_grad_input_rows(x, dy, w, m, dy_mean, k_dy, k_xc, k_0, dx):
+    """``dx`` of a masked training pass on rows: rows outside the mask get ``k_dy * dy``."""
+    R, C = x.shape
+    c = cuda.blockIdx.x * TX + cuda.threadIdx.x
+    if c < C:
+        mc, gm, c1, c2, c3 = m[0, c], dy_mean[0, c], k_dy[0, c], k_xc[0, c], k_0[0, c]
+        for r in range(cuda.blockIdx.y * TY + cuda.threadIdx.y, R, cuda.gridDim.y * TY):
+            if w[r]:
+                dx[r, c] = c1 * (dy[r, c] - gm) + c2 * (x[r, c] - mc) + c3
+            else:
+                dx[r, c] = c1 * dy[r, c]
+
+
+@cuda.jit
+def masked_grad_input_planes(x, dy, w, m, dy_mean, k_dy, k_xc, k_0, dx):
+    """``dx`` of a masked training pass on planes (weights ``w[r, i]``)."""
+    R, C, I = x.shape
+    start = cuda.blockIdx.x * T + cuda.threadIdx.x
+    step = cuda.gridDim.x * T
+    for p in range(cuda.blockIdx.y, R * C, cuda.gridDim.y):
+        r = p // C
+        c = p - r * C
+        mc, gm, c1, c2, c3 = m[0, c], dy_mean[0, c], k_dy[0, c], k_xc[0, c], k_0[0, c]
+        for i in range(start, I, step):
+            if w[r, i]:
+                dx[r, c, i] = c1 * (dy[r, c, i] - gm) + c2 * (x[r, c, i] - mc) + c3
+            else:
+                dx[r, c, i] = c1 * dy[r, c, i]
+
+
+# ------------------------------------------------------------------------------------------------
 # across processes: rows gathered from every rank, combined in rank order
 
 
