@@ -29,11 +29,17 @@ def as_input_array(x, name="inputs"):
             raise TypeError(f"`{name}` must be a numeric array. {received(name, x)}") from err
         device = _dispatch.CPU
     dtype = np.dtype(x.dtype)
-    if dtype.kind not in "fiu":
+    if dtype.kind not in "fiu" and not is_float(dtype):
         raise TypeError(
             f"`{name}` must hold real numbers (float or integer); got an array of dtype {dtype}. "
             f"Received: {name} with dtype={dtype.name}")
     return x, device
+
+
+def is_float(dtype):
+    """Floating point, bfloat16 (ml_dtypes' extension type, of kind 'V') included."""
+    dtype = np.dtype(dtype)
+    return dtype.kind == "f" or dtype.name == "bfloat16"
 
 
 def resolve_axes(axis, ndim, name="axis", sort=True):

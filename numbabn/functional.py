@@ -88,7 +88,8 @@ def _prepare(x, axis, virtual_batch_size=None):
     device, the dtype results are returned in (``x``'s, native, when floating; float32
     otherwise) and the function that turns engine arrays into ``x``'s kind."""
     x, device = _validate.as_input_array(x, "x")
-    result_dtype = x.dtype.newbyteorder("=") if x.dtype.kind == "f" else np.dtype(np.float32)
+    result_dtype = (np.dtype(x.dtype).newbyteorder("=") if _validate.is_float(x.dtype)
+                    else np.dtype(np.float32))
     axes = _validate.resolve_axes(axis, x.ndim)
     virtual_batch_size = _validate.check_virtual_batch_size(virtual_batch_size)
     if virtual_batch_size is not None:
@@ -400,7 +401,7 @@ def batch_norm_backward(dy, cache):
                          f"Received: dy with shape {tuple(dy.shape)}")
     eng = _dispatch.engine(device)
     dy, _ = eng.adopt(dy)
-    dtype_out = dy.dtype if dy.dtype.kind == "f" else cache.dtype
+    dtype_out = dy.dtype if _validate.is_float(dy.dtype) else cache.dtype
     dx, dgamma, dbeta = backward(dy, cache)
     wrap = cache.wrap
     return (wrap(eng.astype(dx, dtype_out)), wrap(dgamma.reshape(cache.feature_shape)),

@@ -28,7 +28,21 @@ _POLICIES = {
     "float64": (np.float64, np.float64),
     "float16": (np.float16, np.float32),
     "mixed_float16": (np.float16, np.float32),
+    "bfloat16": ("bfloat16", np.float32),
+    "mixed_bfloat16": ("bfloat16", np.float32),
 }
+
+
+def _np_dtype(t):
+    """A NumPy dtype; ``"bfloat16"`` comes from ml_dtypes, imported only when asked for."""
+    if t == "bfloat16":
+        try:
+            import ml_dtypes
+        except ImportError:
+            raise ValueError("bfloat16 layers need ml_dtypes: pip install ml_dtypes. "
+                             "Received: dtype='bfloat16'") from None
+        return np.dtype(ml_dtypes.bfloat16)
+    return np.dtype(t)
 
 
 class Variable:
@@ -233,7 +247,8 @@ class BatchNormalization:
         The communicator of a synchronized layer: an mpi4py communicator
         (``mpi4py.MPI.COMM_WORLD`` by default) or a ``cupy.cuda.nccl.NcclCommunicator``.
     **kwargs
-        ``dtype`` (``'float32'`` default, ``'float64'``, ``'float16'``, ``'mixed_float16'``) and
+        ``dtype`` (``'float32'`` default, ``'float64'``, ``'float16'``, ``'mixed_float16'``,
+        ``'bfloat16'``, ``'mixed_bfloat16'`` (these two need ml_dtypes)) and
         the other keyword arguments every Keras layer accepts (``input_shape``, ``weights``, ...).
 
     Examples
@@ -318,9 +333,10 @@ class BatchNormalization:
         if self.synchronized:
             from .distributed import Synchronizer
             self._sync = Synchronizer(comm)
-        self._compute_dtype, self._param_dtype = (np.dtype(t) for t in _POLICIES[self._policy])
-        # the kernels have no float16 arithmetic: half-precision layers compute in float32
-        self._kernel_dtype = np.dtype(np.float32 if self._compute_dtype == np.float16
+        self._compute_dtype, self._param_dtype = (_np_dtype(t) for t in _POLICIES[self._policy])
+        # the kernels have no half-precision arithmetic: float16 and bfloat16 layers compute in
+        # float32
+        self._kernel_dtype = np.dtype(np.float32 if self._compute_dtype.itemsize == 2
                                       else self._compute_dtype)
         self._layer_kwargs = {k: v for k, v in kwargs.items() if k != "dtype"}
         self._variables = {}
@@ -846,7 +862,7 @@ class BatchNormalization:
                 grads["beta"] = wrap(eng.astype(dbeta, self._param_dtype).reshape(
                     self._param_shape))
         self.grads = grads
-        return wrap(eng.astype(dx, input_dtype if input_dtype.kind == "f"
+        return wrap(eng.astype(dx, input_dtype if _validate.is_float(input_dtype)
                                else self._compute_dtype))
 
     # --------------------------------------------------------------------------------------------

@@ -42,6 +42,8 @@ collect_ignore = ["golden/generate.py", "ptx_compile.py", "mpi", "simulator_fix.
 # float32 results are compared with outputs of order 1; float64 with the float64 reference.
 TOLERANCE = {
     np.dtype(np.float16): dict(rtol=2e-3, atol=2e-3),
+    # bfloat16 keeps 8 significant bits: half an ulp is 2**-9 of the value
+    "bfloat16": dict(rtol=8e-3, atol=8e-3),
     np.dtype(np.float32): dict(rtol=2e-5, atol=2e-5),
     np.dtype(np.float64): dict(rtol=1e-10, atol=1e-12),
 }
@@ -53,7 +55,8 @@ STATS_RTOL = {np.dtype(np.float32): 1e-9, np.dtype(np.float64): 1e-9}
 
 
 def tolerance(dtype):
-    return TOLERANCE[np.dtype(dtype)]
+    dtype = np.dtype(dtype)
+    return TOLERANCE["bfloat16" if dtype.name == "bfloat16" else dtype]
 
 
 def assert_close(actual, expected, dtype=None, scale=1.0, err_msg=""):

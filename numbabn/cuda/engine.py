@@ -145,6 +145,7 @@ def _strided_8d(x, shape, strides):
 def canonical(x, layout, dtype):
     """``x`` (a device array) as a C-contiguous ``layout.canonical_shape`` array of ``dtype``:
     a view when it already is one, else one pass that permutes and casts."""
+    _check_supported(x.dtype)
     contiguous = x.is_c_contiguous() if hasattr(x, "is_c_contiguous") else x.flags.c_contiguous
     if layout.perm is None and contiguous:
         x = x.reshape(layout.canonical_shape) if x.ndim else x.reshape(1, 1)
@@ -168,6 +169,13 @@ def restore(y, layout, dtype):
     return y if y.dtype == dtype else _cast(y, dtype)
 
 
+def _check_supported(dtype):
+    if np.dtype(dtype).name == "bfloat16":
+        raise TypeError("The CUDA engine does not take bfloat16 arrays yet (Numba's CUDA target "
+                        "has no bfloat16 type); use float16 or float32 on the GPU, or NumPy "
+                        "arrays. Received: an array or layer of dtype bfloat16")
+
+
 def _copy_launch(kernel, n, like):
     blocks = max(1, min(COPY_BLOCKS, -(-n // COPY_THREADS)))
     return kernel[blocks, COPY_THREADS, _stream(like)]
@@ -182,6 +190,7 @@ def _cast(x, dtype):
 
 def astype(x, dtype):
     """``x`` in ``dtype`` (``x`` itself when it already is)."""
+    _check_supported(dtype)
     return x if x.dtype == np.dtype(dtype) else _cast(x, np.dtype(dtype))
 
 
