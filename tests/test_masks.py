@@ -1,5 +1,7 @@
 """Masked batch statistics: only the marked positions make the statistics, every position is
 normalized, and the backward pass is exact (both engines against the float64 reference)."""
+import pathlib
+
 import numpy as np
 import pytest
 from conftest import assert_close, numeric_grad
@@ -117,3 +119,25 @@ def test_a_host_mask_for_device_input_is_a_type_error(rng):
         F.batch_norm_train(gpu.to(x), mask=np.ones(8, bool))
     with pytest.raises(TypeError, match="mask"):
         F.batch_norm_train(x, mask=gpu.to(np.ones(8, bool)))
+
+
+KERAS3 = sorted((pathlib.Path(__file__).parent / "golden" / "keras3").glob("*.npz"))
+
+
+@pytest.mark.parametrize("path", KERAS3, ids=lambda p: p.stem)
+def test_matches_keras3_masked_batch_norm(path, backend):
+    """Fixtures from Keras 3's own masked BatchNormalization (generate_keras3_masked.py in
+    tests/golden). Keras 3 has no fused-path correction of the moving variance: fused=False."""
+    data = np.load(path)
+    layer = BN(axis=int(data["axis"]), momentum=0.5, fused=False)
+    for step in range(2):
+        y = layer(backend.to(data[f"x{step}"]), training=True, mask=backend.to(data[f"mask{step}"]))
+        assert_close(backend.host(y), data[f"y{step}"], scale=5)
+        dx = layer.backward(backend.to(data[f"dy{step}"]))
+        assert_close(backend.host(dx), data[f"dx{step}"], scale=5)
+        assert_close(layer.moving_mean.value, data[f"moving_mean{step}"], scale=5)
+        assert_close(layer.moving_variance.value, data[f"moving_variance{step}"], scale=5)
+
+
+def test_keras3_fixtures_present():
+    assert len(KERAS3) == 2
