@@ -31,6 +31,7 @@ class Layout:
     def __init__(self, shape, axes, virtual_batch_size=None):
         self.shape = tuple(int(s) for s in shape)
         self.axes = tuple(axes)
+        self.feature_shape = tuple(self.shape[a] for a in self.axes)
         self.ghost = virtual_batch_size is not None
         ndim = len(self.shape)
         reduced = tuple(a for a in range(ndim) if a not in self.axes)

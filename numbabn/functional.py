@@ -56,7 +56,7 @@ class BatchNormCache:
             gamma, adj_scale, adj_bias, r, d)
         self.epsilon, self.dtype = epsilon, dtype
         self.wrap = wrap or _identity
-        self.feature_shape = tuple(layout.shape[a] for a in layout.axes)
+        self.feature_shape = layout.feature_shape
         self.count = layout.count
         # synchronized batch norm: adds the backward sums of the other processes
         self.reduce_sums = None
