@@ -218,3 +218,13 @@ def test_the_cache_is_isolated_from_the_callers_arrays(rng):
             a += 1.0
         for got, expected in zip(F.batch_norm_backward(dy, cache), want):
             np.testing.assert_array_equal(got, expected)
+
+
+def test_small_ghost_groups_accumulate_in_float64():
+    """Many small ghost groups are reduced whole; their shifted values must be taken in float64
+    (a float32 difference rounded the mean by up to half an ulp)."""
+    x = np.random.default_rng(0).normal(3.0, 2.0, size=(4, 1, 64, 3)).astype(np.float32)
+    mean, var = F.moments(x, axis=[1, 3], virtual_batch_size=1)
+    ref_mean, ref_var = R.moments(x, (1, 3), 1)
+    np.testing.assert_allclose(mean, ref_mean.reshape(mean.shape), rtol=1e-12)
+    np.testing.assert_allclose(var, ref_var.reshape(var.shape), rtol=1e-9)

@@ -116,7 +116,7 @@ def group_moments_rows(x, rows_per_sample, groups, mean, m2):
             for p in range(rows_per_sample):
                 xr = x[base + p]
                 for c in range(C):
-                    d = np.float64(xr[c] - shift[c])
+                    d = np.float64(xr[c]) - np.float64(shift[c])
                     s1[c] += d
                     s2[c] += d * d
         inv_count = 1.0 / (samples_per_group * rows_per_sample)
