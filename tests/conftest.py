@@ -130,7 +130,8 @@ def pytest_collection_modifyitems(config, items):
         return
     for item in items:
         spec = getattr(item, "callspec", None)
-        on_device = (item.module.__name__ in ("test_cuda", "test_selftest")
+        module = getattr(getattr(item, "module", None), "__name__", "")   # doctests have none
+        on_device = (module in ("test_cuda", "test_selftest")
                      or (spec is not None and str(spec.params.get("backend")) == "cuda"))
         if on_device:
             item.add_marker(pytest.mark.flaky(reruns=1))
