@@ -126,11 +126,6 @@ def as_compute(x):
     return x if x.dtype == dtype else x.astype(dtype)
 
 
-def constant(channels, value, device=_dispatch.CPU):
-    """A read-only ``(C,)`` float64 vector of ``value`` on ``device``, shared between calls."""
-    return _dispatch.engine(device).constant(channels, value)
-
-
 def _per_feature_vector(value, channels, name, default, device=_dispatch.CPU, like=None):
     """A per-feature argument as a flat float64 ``(C,)`` vector on ``device`` (``default`` when
     ``None``). Host values are copied to the device (on ``like``'s stream); CUDA arrays must go
