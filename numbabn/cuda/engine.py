@@ -236,15 +236,28 @@ def moments(x, rows_per_sample, groups):
         K.unit_moments_rows[(ctiles, units, groups), (K.TX, K.TY), _stream(x)](
             x, rows_per_sample, groups, span, p_n, p_mean, p_m2)
     else:
-        R, _, I = x.shape
-        chunk = min(I, CHUNK)
-        chunks = -(-I // chunk)
-        p_n, p_mean, p_m2 = (_empty((R * chunks, C), np.float64, x) for _ in range(3))
-        K.unit_moments_planes[(chunks, min(R * C, MAX_GRID_Y)), K.T, _stream(x)](
-            x, rows_per_sample, groups, chunk, p_n, p_mean, p_m2)
+        p_n, p_mean, p_m2 = _planes_partials(K.unit_moments_planes, x, rows_per_sample, groups)
+    return _merged_moments(p_n, p_mean, p_m2, groups, x)
+
+
+def _planes_partials(kernel, x, *args):
+    """Launch a planes statistics ``kernel(x, *args, chunk, p_n, p_mean, p_m2)`` with one unit
+    per chunk of a plane; returns the three ``(R * chunks, C)`` partials."""
+    R, C, I = x.shape
+    chunk = min(I, CHUNK)
+    chunks = -(-I // chunk)
+    partials = tuple(_empty((R * chunks, C), np.float64, x) for _ in range(3))
+    kernel[(chunks, min(R * C, MAX_GRID_Y)), K.T, _stream(x)](x, *args, chunk, *partials)
+    return partials
+
+
+def _merged_moments(p_n, p_mean, p_m2, groups, x):
+    """Mean and biased variance ``(groups, C)`` from partials ordered group by group."""
+    C = p_n.shape[1]
     mean = _empty((groups, C), np.float64, x)
     var = _empty((groups, C), np.float64, x)
-    K.merge_moments[(ctiles, groups), (K.TX, K.TY), _stream(x)](p_n, p_mean, p_m2, mean, var)
+    K.merge_moments[(-(-C // K.TX), groups), (K.TX, K.TY), _stream(x)](p_n, p_mean, p_m2,
+                                                                        mean, var)
     return mean, var
 
 
@@ -488,13 +501,6 @@ def masked_moments(x, w):
         K.masked_unit_moments_rows[(ctiles, units), (K.TX, K.TY), _stream(x)](
             x, w, span, p_n, p_mean, p_m2)
     else:
-        R, _, I = x.shape
-        chunk = min(I, CHUNK)
-        chunks = -(-I // chunk)
-        p_n, p_mean, p_m2 = (_empty((R * chunks, C), np.float64, x) for _ in range(3))
-        K.masked_unit_moments_planes[(chunks, min(R * C, MAX_GRID_Y)), K.T, _stream(x)](
-            x, w, chunk, p_n, p_mean, p_m2)
-    mean = _empty((1, C), np.float64, x)
-    var = _empty((1, C), np.float64, x)
-    K.merge_moments[(ctiles, 1), (K.TX, K.TY), _stream(x)](p_n, p_mean, p_m2, mean, var)
+        p_n, p_mean, p_m2 = _planes_partials(K.masked_unit_moments_planes, x, w)
+    mean, var = _merged_moments(p_n, p_mean, p_m2, 1, x)
     return mean, var, count
