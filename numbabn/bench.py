@@ -204,20 +204,26 @@ class Numbabn(Implementation):
         vbs = self.layer_kwargs.get("virtual_batch_size")
         if vbs is not None and case.shape[0] % vbs:
             raise Skip(f"batch {case.shape[0]} is not a multiple of virtual_batch_size={vbs}")
-        layer = BatchNormalization(axis=case.axis, momentum=MOMENTUM, epsilon=EPSILON,
-                                   **self.layer_kwargs)
-        layer.build(case.shape)
-        for key in ("gamma", "beta", "moving_mean", "moving_variance"):
-            getattr(layer, key).assign(getattr(data, key).reshape(getattr(layer, key).shape))
-        x, dy = data.x, data.dy
+        return layer_ops(case, data, **self.layer_kwargs)
 
-        def step():
-            layer(x, training=True)
-            return layer.backward(dy)
 
-        return {"train": lambda: layer(x, training=True),
-                "infer": lambda: layer(x, training=False),
-                "step": step}
+def layer_ops(case, data, to=None, **layer_kwargs):
+    """The layer called as users call it, ``{op: f}`` (f returns y or dx), with the case's
+    weights; ``to`` moves the input and gradient where they run (e.g. ``cupy.asarray``)."""
+    layer = BatchNormalization(axis=case.axis, momentum=MOMENTUM, epsilon=EPSILON,
+                               **layer_kwargs)
+    layer.build(case.shape)
+    for key in ("gamma", "beta", "moving_mean", "moving_variance"):
+        getattr(layer, key).assign(getattr(data, key).reshape(getattr(layer, key).shape))
+    x, dy = (data.x, data.dy) if to is None else (to(data.x), to(data.dy))
+
+    def step():
+        layer(x, training=True)
+        return layer.backward(dy)
+
+    return {"train": lambda: layer(x, training=True),
+            "infer": lambda: layer(x, training=False),
+            "step": step}
 
 
 class NumpyBatchNorm:

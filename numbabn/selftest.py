@@ -52,7 +52,8 @@ import numpy as np
 
 from ._cli import positive_int
 from ._dispatch import device_of
-from .bench import EPSILON, MOMENTUM, OP_TRAFFIC, OPS, Case, format_table, make_data
+from .bench import (EPSILON, MOMENTUM, OP_TRAFFIC, OPS, Case, format_table, layer_ops,
+                    make_data)
 from .layer import BatchNormalization
 
 # ------------------------------------------------------------------------------------------------
@@ -413,22 +414,6 @@ def copy_bandwidth(cp, nbytes, timer):
     return {k: 2 * src.nbytes / t for k, t in times.items()}
 
 
-def numbabn_ops(cp, case, data):
-    """The layer on CuPy arrays, called as users call it: ``{op: f}``, f returns y or dx."""
-    layer = BatchNormalization(axis=case.axis, momentum=MOMENTUM, epsilon=EPSILON)
-    layer.build(case.shape)
-    layer.set_weights([data.gamma, data.beta, data.moving_mean, data.moving_variance])
-    x, dy = cp.asarray(data.x), cp.asarray(data.dy)
-
-    def step():
-        layer(x, training=True)
-        return layer.backward(dy)
-
-    return {"train": lambda: layer(x, training=True),
-            "infer": lambda: layer(x, training=False),
-            "step": step}
-
-
 class Cudnn:
     """cuDNN batch normalization through ``cupy.cudnn`` (CuPy's own wrappers, in
     ``cupy/cudnn.pyx``):
@@ -536,7 +521,7 @@ def bench_case(cp, case, cudnn, timer):
     """Copy bandwidth, numbabn's times and cuDNN's (the fastest agreeing mode) for ``case``."""
     data = make_data(case)
     copy = copy_bandwidth(cp, case.nbytes, timer)
-    ours = numbabn_ops(cp, case, data)
+    ours = layer_ops(case, data, to=cp.asarray)    # on CuPy arrays
     expected = reference_outputs(ours)
     res = BenchResult(case, copy, {op: timer(ours[op]) for op in OPS})
     if cudnn is None:
