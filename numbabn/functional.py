@@ -137,7 +137,8 @@ def _per_feature_vector(value, channels, name, default, device=_dispatch.CPU, li
         _dispatch.check_same_device(device, [(name, value)])
         v, _ = eng.adopt(value)
         size, shape = v.size, tuple(v.shape)
-        if _validate.as_real_dtype(v.dtype, name) and size not in (1, channels):
+        _validate.as_real_dtype(v.dtype, name)
+        if size not in (1, channels):
             raise ValueError(f"`{name}` must have one value per feature ({channels}). "
                              f"Received: {name} with shape {shape}")
         v = eng.copy(eng.astype(v.reshape(-1), np.float64))   # later writes cannot reach it
