@@ -9,8 +9,9 @@ Conventions (see ``docs/numerics.md``):
 * statistics are the mean and the **biased** variance, accumulated in float64;
 * per-feature arrays have the shape ``feature_shape = tuple(x.shape[a] for a in axes)``, e.g.
   ``(C,)`` for ``axis=-1``; under ghost batching group statistics gain a leading ``G`` axis;
-* outputs and input gradients have the input's (floating) dtype; float16 input is computed in
-  float32 and returned as float16.
+* outputs and input gradients have the input's (floating) dtype; float16 and bfloat16 input is
+  computed in float32 and returned in its own dtype (read and written as 16-bit values: half
+  the memory traffic of float32).
 
 Example
 -------
@@ -190,14 +191,15 @@ def moments(x, axis=-1, virtual_batch_size=None):
 
 
 def normalize_batch(xc, layout, device, mean, var, epsilon, gamma=None, beta=None, r=None, d=None,
-                    adj_scale=None, adj_bias=None, out=None):
+                    adj_scale=None, adj_bias=None, out=None, dtype=None):
     """Training normalization of a canonical compute-dtype ``xc`` with given group statistics.
 
     ``y = gamma * (adj_scale * (r * xhat + d) + adj_bias) + beta`` where ``xhat`` uses
     ``mean``/``var`` (float64, ``(G, C)``) and every per-feature factor is a ``(C,)`` vector or
     ``None`` (absent). Returns ``(y, cache)``. This is the building block the layer uses after
-    it has computed the statistics (and from them, renorm's ``r`` and ``d``). ``out``: an array
-    of the input's shape and ``xc``'s dtype to write ``y`` into (only for layouts without a
+    it has computed the statistics (and from them, renorm's ``r`` and ``d``). ``y`` is in
+    ``dtype`` (default: the computation's dtype, see :func:`compute_dtype`); ``out``: an array of
+    the input's shape and that dtype to write ``y`` into (only for layouts without a
     transposition).
     """
     C = layout.channels
@@ -207,11 +209,11 @@ def normalize_batch(xc, layout, device, mean, var, epsilon, gamma=None, beta=Non
     return normalize_vectors(
         xc, layout, device, mean, var, epsilon, vector(gamma, "gamma", 1.0),
         vector(beta, "beta", 0.0), vector(r, "r", 1.0), vector(d, "d", 0.0),
-        vector(adj_scale, "adj_scale", 1.0), vector(adj_bias, "adj_bias", 0.0), out)
+        vector(adj_scale, "adj_scale", 1.0), vector(adj_bias, "adj_bias", 0.0), out, dtype)
 
 
 def normalize_vectors(xc, layout, device, mean, var, epsilon, gamma, beta, r, d, adj_scale,
-                      adj_bias, out=None):
+                      adj_bias, out=None, dtype=None):
     """:func:`normalize_batch` for factors that are already ``(C,)`` vectors on the device.
 
     No checks: for callers that built the vectors themselves (the layer, on every call).
@@ -220,10 +222,11 @@ def normalize_vectors(xc, layout, device, mean, var, epsilon, gamma, beta, r, d,
     eng = _dispatch.engine(device)
     y, inv_std = eng.normalize(
         xc, layout.rows_per_sample, layout.groups, mean, var, epsilon, gamma, beta, r, d,
-        adj_scale, adj_bias, out=_canonical_out(out, layout))
+        adj_scale, adj_bias, out=_canonical_out(out, layout), dtype=dtype)
     cache = BatchNormCache(x=xc, layout=layout, device=device, training=True, mean=mean,
                            var=var, inv_std=inv_std, gamma=gamma, adj_scale=adj_scale,
-                           adj_bias=adj_bias, r=r, d=d, epsilon=epsilon, dtype=xc.dtype)
+                           adj_bias=adj_bias, r=r, d=d, epsilon=epsilon,
+                           dtype=compute_dtype(xc.dtype))
     return _result(eng, y, out, layout), cache
 
 
@@ -236,7 +239,7 @@ def _result(eng, y, out, layout):
 
 
 def normalize_moving(xc, layout, device, moving_mean, moving_var, epsilon, gamma=None, beta=None,
-                     out=None):
+                     out=None, dtype=None):
     """Inference normalization of a canonical compute-dtype ``xc`` by moving statistics.
 
     The per-feature arguments are ``(C,)`` vectors already on ``xc``'s device (``None``: the
@@ -251,10 +254,10 @@ def normalize_moving(xc, layout, device, moving_mean, moving_var, epsilon, gamma
     ones, zeros = eng.constant(C, 1.0), eng.constant(C, 0.0)
     y, inv_std = eng.normalize(
         xc, layout.rows_per_sample, 1, mm, mv, epsilon, g, b, ones, zeros, ones, zeros,
-        out=_canonical_out(out, layout))
+        out=_canonical_out(out, layout), dtype=dtype)
     cache = BatchNormCache(x=xc, layout=layout, device=device, training=False, mean=mm,
                            var=mv, inv_std=inv_std, gamma=g, adj_scale=ones, adj_bias=zeros, r=ones,
-                           d=zeros, epsilon=epsilon, dtype=xc.dtype)
+                           d=zeros, epsilon=epsilon, dtype=compute_dtype(xc.dtype))
     return _result(eng, y, out, layout), cache
 
 
@@ -337,7 +340,7 @@ def batch_norm_train(x, gamma=None, beta=None, *, axis=-1, epsilon=1e-3, virtual
         check_masked_count(count, layout)
     else:
         mean, var = eng.moments(xc, layout.rows_per_sample, layout.groups)
-    y, cache = normalize_batch(xc, layout, device, mean, var, epsilon, gamma, beta)
+    y, cache = normalize_batch(xc, layout, device, mean, var, epsilon, gamma, beta, dtype=dtype_in)
     if weights is not None:
         cache.count, cache.weights = count, weights
     cache.wrap = wrap
@@ -367,7 +370,8 @@ def batch_norm_infer(x, mean, variance, gamma=None, beta=None, *, axis=-1, epsil
         return _per_feature_vector(value, C, name, default, device, xc)
     y, cache = normalize_moving(xc, layout, device, vector(mean, "mean", 0.0),
                                 vector(variance, "variance", 1.0), epsilon,
-                                vector(gamma, "gamma", 1.0), vector(beta, "beta", 0.0))
+                                vector(gamma, "gamma", 1.0), vector(beta, "beta", 0.0),
+                                dtype=dtype_in)
     cache.wrap = wrap
     return wrap(_dispatch.engine(device).astype(y, dtype_in)), cache
 
@@ -398,15 +402,15 @@ def batch_norm_backward(dy, cache):
     eng = _dispatch.engine(device)
     dy, _ = eng.adopt(dy)
     dtype_out = dy.dtype if _validate.is_float(dy.dtype) else cache.dtype
-    dx, dgamma, dbeta = backward(dy, cache)
+    dx, dgamma, dbeta = backward(dy, cache, dtype=dtype_out)
     wrap = cache.wrap
     return (wrap(eng.astype(dx, dtype_out)), wrap(dgamma.reshape(cache.feature_shape)),
             wrap(dbeta.reshape(cache.feature_shape)))
 
 
-def backward(dy, cache, out=None):
+def backward(dy, cache, out=None, dtype=None):
     """Gradients for an engine array ``dy`` of the forward input's shape (any dtype):
-    ``(dx, dgamma (C,), dbeta (C,))``, ``dx`` in the forward computation's dtype.
+    ``(dx, dgamma (C,), dbeta (C,))``, ``dx`` in ``dtype`` (default: the forward computation's).
 
     ``out``: as in :func:`normalize_batch`, an array to write ``dx`` into.
     """
@@ -418,7 +422,7 @@ def backward(dy, cache, out=None):
         cache._mean, cache._inv_std, cache.count, cache.training, cache._gamma, cache._r,
         cache._d, cache._adj_scale, cache._adj_bias, out=_canonical_out(out, layout),
         reduce_sums=cache.reduce_sums if cache.training else None,
-        weights=cache.weights if cache.training else None)
+        weights=cache.weights if cache.training else None, dtype=dtype)
     return _result(eng, dx, out, layout), dgamma, dbeta
 
 

@@ -334,10 +334,6 @@ class BatchNormalization:
             from .distributed import Synchronizer
             self._sync = Synchronizer(comm)
         self._compute_dtype, self._param_dtype = (_np_dtype(t) for t in _POLICIES[self._policy])
-        # the kernels have no half-precision arithmetic: float16 and bfloat16 layers compute in
-        # float32
-        self._kernel_dtype = np.dtype(np.float32 if self._compute_dtype.itemsize == 2
-                                      else self._compute_dtype)
         self._layer_kwargs = {k: v for k, v in kwargs.items() if k != "dtype"}
         self._variables = {}
         self._input_spec = None
@@ -720,7 +716,7 @@ class BatchNormalization:
     def _train(self, x, device, mask=None):
         layout = self._layout(x.shape, self.virtual_batch_size is not None)
         eng = _dispatch.engine(device)
-        xc = eng.canonical(x, layout, self._kernel_dtype)
+        xc = eng.canonical(x, layout, self._compute_dtype)
         weights = None
         if mask is not None:
             weights = F.mask_weights(mask, layout, device)
@@ -754,7 +750,7 @@ class BatchNormalization:
         y, cache = F.normalize_vectors(
             xc, layout, device, mean, var, self.epsilon, ones if gamma is None else gamma,
             zeros if beta is None else beta, r, d, adj_scale, adj_bias,
-            out=self._output(layout, xc.dtype, "y", device))
+            out=self._output(layout, self._compute_dtype, "y", device), dtype=self._compute_dtype)
         cache.count, cache.reduce_sums, cache.weights = count, reduce_sums, weights
 
         def commit():
@@ -764,11 +760,12 @@ class BatchNormalization:
     def _infer(self, x, device):
         layout = self._layout(x.shape, False)
         eng = _dispatch.engine(device)
-        xc = eng.canonical(x, layout, self._kernel_dtype)
+        xc = eng.canonical(x, layout, self._compute_dtype)
         return F.normalize_moving(xc, layout, device, self._flat("moving_mean", device),
                                   self._flat("moving_variance", device), self.epsilon,
                                   self._flat("gamma", device), self._flat("beta", device),
-                                  out=self._output(layout, xc.dtype, "y", device))
+                                  out=self._output(layout, self._compute_dtype, "y", device),
+                                  dtype=self._compute_dtype)
 
     def _output(self, layout, dtype, role, device):
         """A reusable array for a result of ``layout``'s shape, or None to let the op allocate.
@@ -846,10 +843,9 @@ class BatchNormalization:
                              f"Received: dy with shape {tuple(dy.shape)}")
         eng = _dispatch.engine(device)
         dy, _ = eng.adopt(dy)
-        out = None
-        if input_dtype == cache.dtype:
-            out = self._output(cache.layout, cache.dtype, "dx", device)
-        dx, dgamma, dbeta = F.backward(dy, cache, out=out)
+        dx_dtype = input_dtype if _validate.is_float(input_dtype) else self._compute_dtype
+        dx, dgamma, dbeta = F.backward(dy, cache, dtype=dx_dtype,
+                                       out=self._output(cache.layout, dx_dtype, "dx", device))
         if self._sync is not None and cache.training and cache.layout.ghost:
             dgamma, dbeta = self._sync.sums(eng, dgamma, dbeta)    # the whole batch's gradients
         grads = {}
@@ -862,8 +858,7 @@ class BatchNormalization:
                 grads["beta"] = wrap(eng.astype(dbeta, self._param_dtype).reshape(
                     self._param_shape))
         self.grads = grads
-        return wrap(eng.astype(dx, input_dtype if _validate.is_float(input_dtype)
-                               else self._compute_dtype))
+        return wrap(eng.astype(dx, dx_dtype))
 
     # --------------------------------------------------------------------------------------------
     # config

@@ -18,13 +18,22 @@ Statistics accumulate in float64 with a per-unit shift (the unit's first value),
 ``sum(d^2) - sum(d)^2 / n`` does not cancel when |mean| >> std; units are merged with Chan's
 pairwise formula for (count, mean, M2).
 
+Half-precision data is read and written in place, as 16-bit integer views, because Numba's CPU
+target has no float16 or bfloat16 type: **float16 arrives as uint16, bfloat16 as int16**. Kernels
+read every input value through :func:`widen` (float16/bfloat16 bits -> float32; other floats pass
+through) and write every output through :func:`narrow` (float32 -> the output's 16-bit format,
+rounded to nearest even as NumPy and ml_dtypes round). Both are resolved at compile time from the
+array types, so float32/float64 kernels compile to exactly what they were without them.
+
 Kernels take arrays and scalars only: no type checks, no allocation policy (the caller owns every
 output and scratch buffer), no validation.
 """
 from types import FunctionType
 
 import numpy as np
-from numba import njit, prange
+from llvmlite import ir
+from numba import njit, prange, types
+from numba.extending import intrinsic, overload
 
 # Vectorizing a float reduction needs reassociation; nnan/ninf stay off so NaN propagates.
 _FASTMATH = {"reassoc", "contract", "arcp", "nsz"}
@@ -46,6 +55,155 @@ def _parallel_and_serial(fn):
     twin.__doc__ = fn.__doc__
     parallel.serial = njit(**dict(_SEQ, fastmath=_FASTMATH))(twin)
     return parallel
+
+
+# ------------------------------------------------------------------------------------------------
+# half precision: 16-bit storage, float32 arithmetic
+#
+# The conversions are LLVM IR so that they stay 32-bit integer operations (Numba would widen
+# integer arithmetic to 64 bits) and vectorize. Where the target has F16C, float16 conversions are
+# LLVM's own fpext/fptrunc (one instruction per 8 or 16 values); elsewhere a bit-exact integer
+# version runs. Which one is decided when a kernel is compiled, from the target's features, which
+# are part of Numba's cache key, so a cached kernel never runs on a machine it was not built for.
+
+_I16, _I32, _F32 = ir.IntType(16), ir.IntType(32), ir.FloatType()
+
+
+def _has_f16c(context):
+    return "+f16c" in getattr(context.codegen(), "_tm_features", "")
+
+
+def _f16_bits_to_f32_ir(builder, bits):
+    """Exact float16 -> float32 with integer operations: move exponent and mantissa into float32
+    position and rebias by multiplying by 2**112 (right for subnormals too); infinities and NaNs
+    (exponent all ones) get an all-ones float32 exponent instead."""
+    h = builder.zext(bits, _I32)
+    sign = builder.shl(builder.and_(h, ir.Constant(_I32, 0x8000)), ir.Constant(_I32, 16))
+    em = builder.shl(builder.and_(h, ir.Constant(_I32, 0x7FFF)), ir.Constant(_I32, 13))
+    finite = builder.fmul(builder.bitcast(em, _F32), ir.Constant(_F32, 2.0 ** 112))
+    special = builder.bitcast(builder.or_(em, ir.Constant(_I32, 0x7F800000)), _F32)
+    is_special = builder.icmp_unsigned(
+        "==", builder.and_(h, ir.Constant(_I32, 0x7C00)), ir.Constant(_I32, 0x7C00))
+    magnitude = builder.bitcast(builder.select(is_special, special, finite), _I32)
+    return builder.bitcast(builder.or_(magnitude, sign), _F32)
+
+
+def _f32_to_f16_bits_ir(builder, value):
+    """float32 -> float16 bits, rounded to nearest even, with integer operations.
+
+    Normal results: rebias the exponent and round the 13 dropped mantissa bits (adding 0xFFF
+    plus the lowest kept bit rounds half to even; a carry into the exponent is right, up to
+    infinity at 65520). Subnormal results: adding 0.5 lets the float32 adder do the shift and the
+    rounding. NaNs stay NaNs (quiet, top of the payload kept).
+    """
+    def c(v):
+        return ir.Constant(_I32, v)
+    b = builder.bitcast(value, _I32)
+    sign = builder.and_(builder.lshr(b, c(16)), c(0x8000))
+    a = builder.and_(b, c(0x7FFFFFFF))
+    odd = builder.and_(builder.lshr(a, c(13)), c(1))
+    normal = builder.lshr(builder.add(builder.add(a, c(0xC8000FFF)), odd), c(13))
+    shifted = builder.fadd(builder.bitcast(a, _F32), ir.Constant(_F32, 0.5))
+    tiny = builder.sub(builder.bitcast(shifted, _I32), c(0x3F000000))
+    h = builder.select(builder.icmp_unsigned("<", a, c(0x38800000)), tiny, normal)
+    h = builder.select(builder.icmp_unsigned(">=", a, c(0x477FF000)), c(0x7C00), h)
+    nan = builder.or_(builder.and_(builder.lshr(a, c(13)), c(0x1FF)), c(0x7E00))
+    h = builder.select(builder.icmp_unsigned(">", a, c(0x7F800000)), nan, h)
+    return builder.trunc(builder.or_(h, sign), _I16)
+
+
+@intrinsic
+def f16_to_f32(typingctx, bits):
+    """float16 bits (uint16) -> float32, exact."""
+    def codegen(context, builder, signature, args):
+        if _has_f16c(context):
+            return builder.fpext(builder.bitcast(args[0], ir.HalfType()), _F32)
+        return _f16_bits_to_f32_ir(builder, args[0])
+    return types.float32(types.uint16), codegen
+
+
+@intrinsic
+def f32_to_f16(typingctx, value):
+    """float32 -> float16 bits (uint16), rounded to nearest even."""
+    def codegen(context, builder, signature, args):
+        if _has_f16c(context):
+            return builder.bitcast(builder.fptrunc(args[0], ir.HalfType()), _I16)
+        return _f32_to_f16_bits_ir(builder, args[0])
+    return types.uint16(types.float32), codegen
+
+
+@intrinsic
+def f16_to_f32_portable(typingctx, bits):
+    """:func:`f16_to_f32` without F16C (for testing the integer version on any machine)."""
+    def codegen(context, builder, signature, args):
+        return _f16_bits_to_f32_ir(builder, args[0])
+    return types.float32(types.uint16), codegen
+
+
+@intrinsic
+def f32_to_f16_portable(typingctx, value):
+    """:func:`f32_to_f16` without F16C."""
+    def codegen(context, builder, signature, args):
+        return _f32_to_f16_bits_ir(builder, args[0])
+    return types.uint16(types.float32), codegen
+
+
+@intrinsic
+def bf16_to_f32(typingctx, bits):
+    """bfloat16 bits (int16) -> float32, exact: the upper half of a float32."""
+    def codegen(context, builder, signature, args):
+        widened = builder.shl(builder.zext(args[0], _I32), ir.Constant(_I32, 16))
+        return builder.bitcast(widened, _F32)
+    return types.float32(types.int16), codegen
+
+
+@intrinsic
+def f32_to_bf16(typingctx, value):
+    """float32 -> bfloat16 bits (int16), rounded to nearest even; NaNs stay (quiet) NaNs.
+
+    Integer operations everywhere: the hardware conversion (AVX512-BF16) flushes subnormals,
+    which ml_dtypes does not.
+    """
+    def codegen(context, builder, signature, args):
+        def c(v):
+            return ir.Constant(_I32, v)
+        b = builder.bitcast(args[0], _I32)
+        high = builder.lshr(b, c(16))
+        rounded = builder.lshr(builder.add(builder.add(b, c(0x7FFF)), builder.and_(high, c(1))),
+                               c(16))
+        is_nan = builder.fcmp_unordered("uno", args[0], args[0])
+        return builder.trunc(builder.select(is_nan, builder.or_(high, c(0x40)), rounded), _I16)
+    return types.int16(types.float32), codegen
+
+
+def widen(v):
+    """A stored value as arithmetic: float16 (uint16) / bfloat16 (int16) bits -> float32."""
+
+
+def narrow(v, out):
+    """Arithmetic value ``v`` in the storage format of array ``out`` (for ``out[i] = ...``)."""
+
+
+@overload(widen)
+def _widen(v):
+    if v == types.uint16:
+        return lambda v: f16_to_f32(v)
+    if v == types.int16:
+        return lambda v: bf16_to_f32(v)
+    if isinstance(v, types.Float):
+        return lambda v: v
+    return None
+
+
+@overload(narrow)
+def _narrow(v, out):
+    if out.dtype == types.uint16:
+        return lambda v, out: f32_to_f16(np.float32(v))
+    if out.dtype == types.int16:
+        return lambda v, out: f32_to_bf16(np.float32(v))
+    if isinstance(out.dtype, types.Float):
+        return lambda v, out: v
+    return None
 
 
 @njit(inline="always")
@@ -80,13 +238,13 @@ def unit_moments_rows(x, rows_per_sample, block, u_mean, u_m2, shifts):
         shift = shifts[u]
         x0 = x[r0]
         for c in range(C):
-            shift[c] = x0[c]
+            shift[c] = widen(x0[c])
         s1[:] = 0.0
         s2[:] = 0.0
         for j in range(count):
             xr = x[r0 + j]
             for c in range(C):
-                d = np.float64(xr[c]) - shift[c]
+                d = np.float64(widen(xr[c])) - shift[c]
                 s1[c] += d
                 s2[c] += d * d
         inv_count = 1.0 / count
@@ -116,14 +274,14 @@ def group_moments_rows(x, rows_per_sample, groups, mean, m2):
             for p in range(rows_per_sample):
                 xr = x[base + p]
                 for c in range(C):
-                    d = np.float64(xr[c]) - np.float64(shift[c])
+                    d = np.float64(widen(xr[c])) - np.float64(widen(shift[c]))
                     s1[c] += d
                     s2[c] += d * d
         inv_count = 1.0 / (samples_per_group * rows_per_sample)
         for c in range(C):
             mean_d = s1[c] * inv_count
             s2[c] = s2[c] - s1[c] * mean_d
-            s1[c] = np.float64(shift[c]) + mean_d
+            s1[c] = np.float64(widen(shift[c])) + mean_d
 
 
 @_parallel_and_serial
@@ -138,11 +296,11 @@ def unit_moments_planes(x, chunk, u_mean, u_m2):
         r, c, k = _plane_task(t, C, chunks)
         n = min(chunk, I - k * chunk)
         v = x[r, c, k * chunk:k * chunk + n]
-        shift = np.float64(v[0])
+        shift = np.float64(widen(v[0]))
         s1 = 0.0
         s2 = 0.0
         for i in range(n):
-            d = np.float64(v[i]) - shift
+            d = np.float64(widen(v[i])) - shift
             s1 += d
             s2 += d * d
         mean_d = s1 / n
@@ -210,13 +368,13 @@ def masked_unit_moments_rows(x, w, block, u_n, u_mean, u_m2):
                     n += 1
                     xr = x[r]
                     for c in range(C):
-                        d = np.float64(xr[c]) - np.float64(shift[c])
+                        d = np.float64(widen(xr[c])) - np.float64(widen(shift[c]))
                         s1[c] += d
                         s2[c] += d * d
             for c in range(C):
                 mean_d = s1[c] / n
                 s2[c] = s2[c] - s1[c] * mean_d
-                s1[c] = np.float64(shift[c]) + mean_d
+                s1[c] = np.float64(widen(shift[c])) + mean_d
         u_n[u] = n
 
 
@@ -240,13 +398,13 @@ def masked_unit_moments_planes(x, w, chunk, u_n, u_mean, u_m2):
         unit_mean = 0.0
         unit_m2 = 0.0
         if first < i1:
-            shift = np.float64(v[first])
+            shift = np.float64(widen(v[first]))
             s1 = 0.0
             s2 = 0.0
             for i in range(first, i1):
                 if wr[i]:
                     n += 1
-                    d = np.float64(v[i]) - shift
+                    d = np.float64(widen(v[i])) - shift
                     s1 += d
                     s2 += d * d
             mean_d = s1 / n
@@ -292,10 +450,11 @@ def masked_grad_input_rows(x, dy, w, block, m, dy_mean, k_dy, k_xc, k_0, dx):
             xr, gr, dr = x[r], dy[r], dx[r]
             if w[r]:
                 for c in range(C):
-                    dr[c] = c1[c] * (gr[c] - gm[c]) + c2[c] * (xr[c] - mg[c]) + c3[c]
+                    dr[c] = narrow(c1[c] * (widen(gr[c]) - gm[c]) + c2[c] * (widen(xr[c]) - mg[c])
+                                   + c3[c], dr)
             else:
                 for c in range(C):
-                    dr[c] = c1[c] * gr[c]
+                    dr[c] = narrow(c1[c] * widen(gr[c]), dr)
 
 
 @_parallel_and_serial
@@ -309,9 +468,9 @@ def masked_grad_input_planes(x, dy, w, m, dy_mean, k_dy, k_xc, k_0, dx):
         mc, gm, c1, c2, c3 = m[0, c], dy_mean[0, c], k_dy[0, c], k_xc[0, c], k_0[0, c]
         for i in range(I):
             if wr[i]:
-                dv[i] = c1 * (gv[i] - gm) + c2 * (xv[i] - mc) + c3
+                dv[i] = narrow(c1 * (widen(gv[i]) - gm) + c2 * (widen(xv[i]) - mc) + c3, dv)
             else:
-                dv[i] = c1 * gv[i]
+                dv[i] = narrow(c1 * widen(gv[i]), dv)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -327,7 +486,7 @@ def affine_rows(x, rows_per_sample, groups, block, m, a, b, y):
             g = (r // rows_per_sample) % groups
             xr, yr, mg, ag, bg = x[r], y[r], m[g], a[g], b[g]
             for c in range(C):
-                yr[c] = (xr[c] - mg[c]) * ag[c] + bg[c]
+                yr[c] = narrow((widen(xr[c]) - mg[c]) * ag[c] + bg[c], yr)
 
 
 @_parallel_and_serial
@@ -343,7 +502,7 @@ def affine_rows_by_group(x, rows_per_sample, groups, m, a, b, y):
             for p in range(rows_per_sample):
                 xr, yr = x[base + p], y[base + p]
                 for c in range(C):
-                    yr[c] = (xr[c] - mg[c]) * ag[c] + bg[c]
+                    yr[c] = narrow((widen(xr[c]) - mg[c]) * ag[c] + bg[c], yr)
 
 
 @_parallel_and_serial
@@ -361,7 +520,7 @@ def affine_planes(x, rows_per_sample, groups, chunk, m, a, b, y):
         v = x[r, c, k * chunk:k * chunk + n]
         w = y[r, c, k * chunk:k * chunk + n]
         for i in range(n):
-            w[i] = (v[i] - mm) * aa + bb
+            w[i] = narrow((widen(v[i]) - mm) * aa + bb, w)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -391,9 +550,9 @@ def unit_grad_sums_rows(x, dy, rows_per_sample, groups, block, m, u_dy, u_dyxc):
             xr = x[r0 + j]
             gr = dy[r0 + j]
             for c in range(C):
-                g_ = np.float64(gr[c])
+                g_ = np.float64(widen(gr[c]))
                 s1[c] += g_
-                s2[c] += g_ * np.float64(xr[c] - mg[c])
+                s2[c] += g_ * np.float64(widen(xr[c]) - mg[c])
 
 
 @_parallel_and_serial
@@ -413,9 +572,9 @@ def group_grad_sums_rows(x, dy, rows_per_sample, groups, m, sum_dy, sum_dyxc):
                 xr = x[base + p]
                 gr = dy[base + p]
                 for c in range(C):
-                    g_ = np.float64(gr[c])
+                    g_ = np.float64(widen(gr[c]))
                     s1[c] += g_
-                    s2[c] += g_ * np.float64(xr[c] - mg[c])
+                    s2[c] += g_ * np.float64(widen(xr[c]) - mg[c])
 
 
 @_parallel_and_serial
@@ -432,9 +591,9 @@ def unit_grad_sums_planes(x, dy, rows_per_sample, groups, chunk, m, u_dy, u_dyxc
         s1 = 0.0
         s2 = 0.0
         for i in range(n):
-            g_ = np.float64(dv[i])
+            g_ = np.float64(widen(dv[i]))
             s1 += g_
-            s2 += g_ * np.float64(v[i] - mm)
+            s2 += g_ * np.float64(widen(v[i]) - mm)
         u_dy[r * chunks + k, c] = s1
         u_dyxc[r * chunks + k, c] = s2
 
@@ -469,7 +628,8 @@ def grad_input_rows(x, dy, rows_per_sample, groups, block, m, dy_mean, k_dy, k_x
             xr, gr, dr, mg, gm = x[r], dy[r], dx[r], m[g], dy_mean[g]
             c1, c2, c3 = k_dy[g], k_xc[g], k_0[g]
             for c in range(C):
-                dr[c] = c1[c] * (gr[c] - gm[c]) + c2[c] * (xr[c] - mg[c]) + c3[c]
+                dr[c] = narrow(c1[c] * (widen(gr[c]) - gm[c]) + c2[c] * (widen(xr[c]) - mg[c])
+                               + c3[c], dr)
 
 
 @_parallel_and_serial
@@ -484,7 +644,8 @@ def grad_input_rows_by_group(x, dy, rows_per_sample, groups, m, dy_mean, k_dy, k
             for p in range(rows_per_sample):
                 xr, gr, dr = x[base + p], dy[base + p], dx[base + p]
                 for c in range(C):
-                    dr[c] = c1[c] * (gr[c] - gm[c]) + c2[c] * (xr[c] - mg[c]) + c3[c]
+                    dr[c] = narrow(c1[c] * (widen(gr[c]) - gm[c]) + c2[c] * (widen(xr[c]) - mg[c])
+                                   + c3[c], dr)
 
 
 @_parallel_and_serial
@@ -505,7 +666,7 @@ def grad_input_planes(x, dy, rows_per_sample, groups, chunk, m, dy_mean, k_dy, k
         dv = dy[r, c, k * chunk:k * chunk + n]
         w = dx[r, c, k * chunk:k * chunk + n]
         for i in range(n):
-            w[i] = c1 * (dv[i] - gm) + c2 * (v[i] - mm) + c3
+            w[i] = narrow(c1 * (widen(dv[i]) - gm) + c2 * (widen(v[i]) - mm) + c3, w)
 
 
 # ------------------------------------------------------------------------------------------------

@@ -143,9 +143,18 @@ def _strided_8d(x, shape, strides):
 
 
 def canonical(x, layout, dtype):
-    """``x`` (a device array) as a C-contiguous ``layout.canonical_shape`` array of ``dtype``:
-    a view when it already is one, else one pass that permutes and casts."""
+    """``x`` (a device array) as the C-contiguous ``layout.canonical_shape`` array the kernels
+    read for a computation in ``dtype``: a view when it already is one, else one pass that
+    permutes and casts. A float16 computation runs in float32 on the input rounded to float16
+    (Keras casts the input to the compute dtype first)."""
     _check_supported(x.dtype)
+    if np.dtype(dtype) == np.float16:
+        return _cast(_gathered(x, layout, np.dtype(np.float16)), np.dtype(np.float32))
+    return _gathered(x, layout, dtype)
+
+
+def _gathered(x, layout, dtype):
+    """``x`` as a C-contiguous ``layout.canonical_shape`` array of ``dtype``."""
     contiguous = x.is_c_contiguous() if hasattr(x, "is_c_contiguous") else x.flags.c_contiguous
     if layout.perm is None and contiguous:
         x = x.reshape(layout.canonical_shape) if x.ndim else x.reshape(1, 1)
@@ -280,14 +289,21 @@ def group_average(mean, var):
 
 
 def normalize(x, rows_per_sample, groups, mean, var, epsilon, gamma, beta, r, d, adj_scale,
-              adj_bias, out=None):
-    """``gamma * (adj_scale * (r * xhat + d) + adj_bias) + beta``, and ``1 / sqrt(var + eps)``."""
+              adj_bias, out=None, dtype=None):
+    """``gamma * (adj_scale * (r * xhat + d) + adj_bias) + beta``, and ``1 / sqrt(var + eps)``.
+
+    ``y`` is computed in ``x``'s dtype and delivered in ``out`` or as a new array of ``dtype``.
+    """
     G, C = mean.shape
     inv_std = _empty((G, C), np.float64, x)
     m_hi, a, b = (_empty((G, C), x.dtype, x) for _ in range(3))
     _vector_launch(K.affine_coefficients, G * C, x)(mean, var, epsilon, gamma, beta, r, d,
                                                     adj_scale, adj_bias, inv_std, m_hi, a, b)
-    return _affine(x, rows_per_sample, groups, m_hi, a, b, out), inv_std
+    return _deliver(_affine(x, rows_per_sample, groups, m_hi, a, b, out), dtype), inv_std
+
+
+def _deliver(y, dtype):
+    return y if dtype is None else astype(y, dtype)
 
 
 def _elementwise_grid(x):
@@ -335,10 +351,11 @@ def grad_sums(x, dy, rows_per_sample, groups, m_hi):
 
 
 def backward(x, dy, rows_per_sample, groups, mean, inv_std, count, training, gamma, r, d,
-             adj_scale, adj_bias, out=None, reduce_sums=None, weights=None):
+             adj_scale, adj_bias, out=None, reduce_sums=None, weights=None, dtype=None):
     """Input and parameter gradients of :func:`normalize` (``training``) or of inference.
 
-    Returns ``(dx, dgamma (C,), dbeta (C,))``; ``reduce_sums`` as in the CPU engine.
+    Returns ``(dx, dgamma (C,), dbeta (C,))``; ``reduce_sums`` as in the CPU engine, ``out`` and
+    ``dtype`` as in :func:`normalize`.
     """
     G, C = mean.shape
     m_hi = _empty((G, C), x.dtype, x)
@@ -353,19 +370,20 @@ def backward(x, dy, rows_per_sample, groups, mean, inv_std, count, training, gam
                                               training, gamma, r, d, adj_scale, adj_bias, m_hi,
                                               dy_mean, k_dy, k_xc, k_0, dgamma, dbeta)
     if not training:                     # dx = dy * k: the affine pass with m = b = 0
-        return _affine(dy, rows_per_sample, groups, k_xc, k_dy, k_0, out), dgamma, dbeta
+        dx = _affine(dy, rows_per_sample, groups, k_xc, k_dy, k_0, out)
+        return _deliver(dx, dtype), dgamma, dbeta
     dx = _empty(x.shape, x.dtype, x) if out is None else out
     if x.size == 0:
-        return dx, dgamma, dbeta
+        return _deliver(dx, dtype), dgamma, dbeta
     grid, block = _elementwise_grid(x)
     if weights is not None:
         kernel = K.masked_grad_input_rows if x.ndim == 2 else K.masked_grad_input_planes
         kernel[grid, block, _stream(x)](x, dy, weights, m_hi, dy_mean, k_dy, k_xc, k_0, dx)
-        return dx, dgamma, dbeta
+        return _deliver(dx, dtype), dgamma, dbeta
     kernel = K.grad_input_rows if x.ndim == 2 else K.grad_input_planes
     kernel[grid, block, _stream(x)](x, dy, rows_per_sample, groups, m_hi, dy_mean, k_dy, k_xc,
                                     k_0, dx)
-    return dx, dgamma, dbeta
+    return _deliver(dx, dtype), dgamma, dbeta
 
 
 # ------------------------------------------------------------------------------------------------
