@@ -11,7 +11,7 @@ import sys
 
 
 def signatures():
-    from numba import boolean, float32, float64, int64, types
+    from numba import boolean, float32, float64, int64, types, uint16, uint32
     float16 = types.float16
 
     def arr(dtype, ndim, layout="C"):
@@ -68,6 +68,9 @@ def signatures():
         ("cast", (arr(int64, 1), arr(float32, 1))),
         ("gather", (arr(float16, 8, "A"), arr(float32, 1))),
         ("gather", (arr(boolean, 8, "A"), arr(boolean, 1))),
+        ("gather", (arr(uint16, 8, "A"), arr(uint16, 1))),
+        ("widen_bfloat16", (arr(uint16, 1), arr(uint32, 1))),
+        ("narrow_bfloat16", (arr(uint32, 1), arr(uint16, 1))),
     ]
     return out
 

@@ -60,10 +60,27 @@ def test_bfloat16_config_round_trips_and_saves(rng, tmp_path):
     assert numbabn.load(tmp_path / "bf.npz").compute_dtype == "bfloat16"
 
 
-def test_bfloat16_on_the_cuda_engine_is_a_clear_type_error(rng):
+@pytest.mark.parametrize("policy, half", [("mixed_float16", np.float16), ("bfloat16", BF16),
+                                          ("mixed_bfloat16", BF16)])
+@pytest.mark.parametrize("shape, axis", [((40, 6), -1), ((3, 4, 5, 6), [1, 3])])
+def test_half_layers_on_the_cuda_engine(policy, half, shape, axis, rng):
+    """Half arrays in and out on the CUDA engine too (permuted layouts included), agreeing with
+    the CPU engine to the half type's rounding; float32 input is rounded to half first."""
     from conftest import Backend
-    x = rng.normal(size=(8, 3)).astype(np.float32)
-    layer = BN(dtype="bfloat16")
-    with pytest.raises(TypeError, match="bfloat16"):
-        layer(Backend("cuda").to(x), training=True)
-    assert not layer.built
+    gpu = Backend("cuda")
+    x = rng.normal(3.0, 2.0, size=shape).astype(half)
+    dy = rng.normal(size=shape).astype(half)
+    cpu_layer, gpu_layer = BN(axis=axis, dtype=policy), BN(axis=axis, dtype=policy)
+    y_cpu, y_gpu = cpu_layer(x, training=True), gpu.host(gpu_layer(gpu.to(x), training=True))
+    assert y_gpu.dtype == half
+    assert_close(y_gpu.astype(np.float64), y_cpu.astype(np.float64), half)
+    dx_gpu = gpu.host(gpu_layer.backward(gpu.to(dy)))
+    assert dx_gpu.dtype == half
+    assert_close(dx_gpu.astype(np.float64), cpu_layer.backward(dy).astype(np.float64), half)
+    assert_close(gpu_layer.moving_variance.value, cpu_layer.moving_variance.value, np.float32)
+    x32 = rng.normal(size=shape).astype(np.float32)
+    y_round = gpu.host(gpu_layer(gpu.to(x32)))
+    assert_close(y_round.astype(np.float64),
+                 gpu.host(gpu_layer(gpu.to(x32.astype(half)))).astype(np.float64), half)
+    y16, _ = F.batch_norm_train(gpu.to(x), axis=axis)
+    assert gpu.host(y16).dtype == half

@@ -145,17 +145,31 @@ def _strided_8d(x, shape, strides):
 def canonical(x, layout, dtype):
     """``x`` (a device array) as the C-contiguous ``layout.canonical_shape`` array the kernels
     read for a computation in ``dtype``: a view when it already is one, else one pass that
-    permutes and casts. A float16 computation runs in float32 on the input rounded to float16
-    (Keras casts the input to the compute dtype first)."""
-    _check_supported(x.dtype)
-    if np.dtype(dtype) == np.float16:
-        return _cast(_gathered(x, layout, np.dtype(np.float16)), np.dtype(np.float32))
+    permutes and casts. A float16 or bfloat16 computation runs in float32 on the input rounded to
+    that dtype (Keras casts the input to the compute dtype first)."""
+    dtype = np.dtype(dtype)
+    if _is_half(dtype):
+        return _cast(_gathered(x, layout, dtype), np.dtype(np.float32))
     return _gathered(x, layout, dtype)
+
+
+def _is_half(dtype):
+    return dtype == np.float16 or _is_bfloat16(dtype)
+
+
+def _is_bfloat16(dtype):
+    return np.dtype(dtype).name == "bfloat16"
 
 
 def _gathered(x, layout, dtype):
     """``x`` as a C-contiguous ``layout.canonical_shape`` array of ``dtype``."""
     contiguous = x.is_c_contiguous() if hasattr(x, "is_c_contiguous") else x.flags.c_contiguous
+    if _is_bfloat16(dtype) and not _is_bfloat16(x.dtype):
+        return _cast(_gathered(x, layout, x.dtype), dtype)
+    if _is_bfloat16(x.dtype) and not (layout.perm is None and contiguous):
+        # move the 16-bit patterns, then convert
+        moved = _gathered(x.view(np.uint16), layout, np.dtype(np.uint16)).view(x.dtype)
+        return moved if moved.dtype == dtype else _cast(moved, dtype)
     if layout.perm is None and contiguous:
         x = x.reshape(layout.canonical_shape) if x.ndim else x.reshape(1, 1)
         return x if x.dtype == dtype else _cast(x, dtype)
@@ -172,17 +186,10 @@ def restore(y, layout, dtype):
     if layout.perm is not None:
         inverse = np.argsort(layout.perm)
         view = _strided_8d(y, [y.shape[a] for a in inverse], [y.strides[a] for a in inverse])
-        out = _empty(math.prod(layout.shape), dtype, y)
+        out = _empty(math.prod(layout.shape), y.dtype, y)
         _copy_launch(K.gather, out.size, y)(view, out)
-        return out.reshape(layout.shape)
+        y = out.reshape(layout.shape)
     return y if y.dtype == dtype else _cast(y, dtype)
-
-
-def _check_supported(dtype):
-    if np.dtype(dtype).name == "bfloat16":
-        raise TypeError("The CUDA engine does not take bfloat16 arrays yet (Numba's CUDA target "
-                        "has no bfloat16 type); use float16 or float32 on the GPU, or NumPy "
-                        "arrays. Received: an array or layer of dtype bfloat16")
 
 
 def _copy_launch(kernel, n, like):
@@ -191,6 +198,19 @@ def _copy_launch(kernel, n, like):
 
 
 def _cast(x, dtype):
+    """A C-contiguous ``x`` cast to ``dtype``; bfloat16 goes through float32 as integer views."""
+    f32 = np.dtype(np.float32)
+    if _is_bfloat16(x.dtype) and x.size:
+        wide = _empty(x.shape, f32, x)
+        _copy_launch(K.widen_bfloat16, x.size, x)(x.reshape(-1).view(np.uint16),
+                                                  wide.reshape(-1).view(np.uint32))
+        return wide if dtype == f32 else _cast(wide, dtype)
+    if _is_bfloat16(dtype) and x.size:
+        x = x if x.dtype == f32 else _cast(x, f32)
+        out = _empty(x.shape, dtype, x)
+        _copy_launch(K.narrow_bfloat16, x.size, x)(x.reshape(-1).view(np.uint32),
+                                                   out.reshape(-1).view(np.uint16))
+        return out
     out = _empty(x.shape, dtype, x)
     if x.size:
         _copy_launch(K.cast, x.size, x)(x.reshape(-1), out.reshape(-1))
@@ -199,7 +219,6 @@ def _cast(x, dtype):
 
 def astype(x, dtype):
     """``x`` in ``dtype`` (``x`` itself when it already is)."""
-    _check_supported(dtype)
     return x if x.dtype == np.dtype(dtype) else _cast(x, np.dtype(dtype))
 
 

@@ -25,7 +25,7 @@ scalars only; the engine (``engine.py``) owns launch shapes and allocation.
 """
 import math
 
-from numba import config, cuda, float64
+from numba import config, cuda, float64, uint32
 
 # Launch shapes. Under the CUDA simulator every thread is a Python thread, so blocks are kept
 # small there; the code paths are the same.
@@ -701,6 +701,29 @@ def cast(src, dst):
     """``dst[i] = src[i]`` for flat arrays of any two dtypes; grid-stride."""
     for i in range(cuda.grid(1), dst.shape[0], cuda.gridsize(1)):
         dst[i] = src[i]
+
+
+# bfloat16 moves through integer views of the arrays (uint16 for bfloat16, uint32 for float32):
+# integer arithmetic needs no bfloat16 support from the device or from the simulator.
+
+
+@cuda.jit
+def widen_bfloat16(src, dst):
+    """bfloat16 bits ``src`` (uint16) -> float32 bits ``dst`` (uint32), exact."""
+    for i in range(cuda.grid(1), dst.shape[0], cuda.gridsize(1)):
+        dst[i] = uint32(src[i]) << 16
+
+
+@cuda.jit
+def narrow_bfloat16(src, dst):
+    """float32 bits ``src`` (uint32) -> bfloat16 bits ``dst`` (uint16), rounded to nearest even;
+    NaNs stay (quiet) NaNs."""
+    for i in range(cuda.grid(1), dst.shape[0], cuda.gridsize(1)):
+        b = src[i]
+        if (b & 0x7FFFFFFF) > 0x7F800000:
+            dst[i] = (b >> 16) | 0x40
+        else:
+            dst[i] = (b + 0x7FFF + ((b >> 16) & 1)) >> 16
 
 
 @cuda.jit
