@@ -401,7 +401,8 @@ def batch_norm_backward(dy, cache):
                          f"Received: dy with shape {tuple(dy.shape)}")
     eng = _dispatch.engine(device)
     dy, _ = eng.adopt(dy)
-    dtype_out = dy.dtype if _validate.is_float(dy.dtype) else cache.dtype
+    dtype_out = (np.dtype(dy.dtype).newbyteorder("=") if _validate.is_float(dy.dtype)
+                 else cache.dtype)
     dx, dgamma, dbeta = backward(dy, cache, dtype=dtype_out)
     wrap = cache.wrap
     return (wrap(eng.astype(dx, dtype_out)), wrap(dgamma.reshape(cache.feature_shape)),

@@ -635,7 +635,7 @@ class BatchNormalization:
         self._valid_shapes.add(checked)      # passed every check: skip them next time
         if commit is not None:
             commit()                     # state changes only once everything has succeeded
-        self._cache = (cache, np.dtype(x.dtype))
+        self._cache = (cache, np.dtype(x.dtype).newbyteorder("="))
         return y
 
     def _check_call(self, shape, training):

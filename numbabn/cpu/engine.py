@@ -16,7 +16,7 @@ import threading
 
 import numpy as np
 
-from . import kernels
+from . import kernels, threads
 
 __all__ = ["moments", "normalize", "backward", "moving_averages", "group_average",
            "renorm_correction", "stddev", "variance_from_stddev", "adopt", "to_host", "to_device",
@@ -96,7 +96,7 @@ def _result(shape, dtype, arith):
 
 
 def _pick(kernel, size):
-    return kernel.serial if size < SERIAL_ELEMENTS else kernel
+    return kernel.serial if size < SERIAL_ELEMENTS else threads.runner(kernel)
 
 
 def _small_groups(x, rows_per_sample, groups):
