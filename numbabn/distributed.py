@@ -44,10 +44,45 @@ def _is_nccl(comm):
 class Synchronizer:
     """The collectives of synchronized batch normalization over one communicator.
 
+    A layer built with ``synchronized=True`` makes one and calls it; a training loop never
+    needs to. Every method is a collective: each process of ``comm`` must call it, in the same
+    order, with arrays of the same shapes.
+
     Parameters
     ----------
     comm : mpi4py.MPI.Comm or cupy.cuda.nccl.NcclCommunicator, optional
-        The processes that share a batch; ``mpi4py.MPI.COMM_WORLD`` when ``None``.
+        The processes that share a batch; ``mpi4py.MPI.COMM_WORLD`` when ``None``. Any object
+        with mpi4py's ``Get_size``, ``Get_rank`` and buffer ``Allgather`` works.
+
+    Attributes
+    ----------
+    size, rank : int
+        The number of processes and this process's index among them.
+
+    Raises
+    ------
+    TypeError
+        ``comm`` is neither kind of communicator.
+    ImportError
+        ``comm`` is ``None`` and mpi4py is not installed.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from numbabn import cpu
+    >>> from numbabn.distributed import Synchronizer
+    >>> class Alone:                      # one process; mpi4py's COMM_SELF behaves the same
+    ...     def Get_size(self): return 1
+    ...     def Get_rank(self): return 0
+    ...     def Allgather(self, send, recv): recv[0] = send
+    >>> sync = Synchronizer(Alone())
+    >>> sync.size, sync.rank
+    (1, 0)
+
+    With MPI (needs mpi4py, so not run here), as the layer does for ``synchronized=True``:
+
+    >>> from mpi4py import MPI                                   # doctest: +SKIP
+    >>> sync = Synchronizer(MPI.COMM_WORLD)                      # doctest: +SKIP
     """
 
     def __init__(self, comm=None):
@@ -64,7 +99,33 @@ class Synchronizer:
     # the one collective
 
     def allgather(self, eng, local):
-        """Every rank's float64 ``local`` array stacked in rank order: ``(P,) + local.shape``."""
+        """Gather every rank's float64 ``local`` array, stacked in rank order.
+
+        Parameters
+        ----------
+        eng : module
+            The engine of ``local`` (``numbabn.cpu`` for NumPy arrays, ``numbabn.cuda`` for
+            device arrays).
+        local : array
+            This rank's float64 array, the same shape on every rank.
+
+        Returns
+        -------
+        array
+            ``(P,) + local.shape``, row ``p`` from rank ``p``.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> from numbabn import cpu
+        >>> from numbabn.distributed import Synchronizer
+        >>> class Alone:                      # one process; mpi4py's COMM_SELF behaves the same
+        ...     def Get_size(self): return 1
+        ...     def Get_rank(self): return 0
+        ...     def Allgather(self, send, recv): recv[0] = send
+        >>> Synchronizer(Alone()).allgather(cpu, np.array([1.0, 2.0])).tolist()
+        [[1.0, 2.0]]
+        """
         if eng is _dispatch.engine(_dispatch.CPU):
             out = np.empty((self.size,) + local.shape)
             self.comm.Allgather(np.ascontiguousarray(local), out)
@@ -91,8 +152,42 @@ class Synchronizer:
     # what the layer asks
 
     def moments(self, eng, mean, var, count):
-        """Global ``(mean (1, C), biased variance (1, C), count)`` from this rank's statistics
-        (``mean``/``var`` ``(1, C)`` of ``count`` values per feature; NaN when it has none)."""
+        """Merge every rank's statistics into those of the whole batch.
+
+        Chan's formula on (count, mean, M2) rows in rank order: exact for uneven counts and for
+        ranks with no values, and the same bits on every rank.
+
+        Parameters
+        ----------
+        eng : module
+            The engine of the arrays (``numbabn.cpu`` or ``numbabn.cuda``).
+        mean, var : array
+            This rank's float64 mean and biased variance, ``(1, C)`` (NaN when it has no
+            values).
+        count : int
+            Values per feature on this rank.
+
+        Returns
+        -------
+        mean, variance : array
+            The whole batch's, float64 ``(1, C)``.
+        count : int
+            Values per feature over every rank.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> from numbabn import cpu
+        >>> from numbabn.distributed import Synchronizer
+        >>> class Alone:                      # one process; mpi4py's COMM_SELF behaves the same
+        ...     def Get_size(self): return 1
+        ...     def Get_rank(self): return 0
+        ...     def Allgather(self, send, recv): recv[0] = send
+        >>> sync = Synchronizer(Alone())
+        >>> mean, var, count = sync.moments(cpu, np.array([[2.0]]), np.array([[4.0]]), 10)
+        >>> mean.tolist(), var.tolist(), int(count)
+        ([[2.0]], [[4.0]], 10)
+        """
         C = mean.shape[1]
         counts = eng.to_device(np.full(C, float(count)), mean)
         m2 = eng.copy(eng.astype(var, np.float64)).reshape(-1)
@@ -100,7 +195,34 @@ class Synchronizer:
         return eng.combine_moments(self.allgather(eng, eng.stack([counts, mean, m2])))
 
     def group_average(self, eng, mean, var):
-        """Mean and variance averaged over the ghost groups ``(G, C)`` of every rank."""
+        """Average the ghost-group statistics of every rank, for the moving averages.
+
+        Parameters
+        ----------
+        eng : module
+            The engine of the arrays (``numbabn.cpu`` or ``numbabn.cuda``).
+        mean, var : array
+            This rank's float64 group statistics, ``(G, C)``.
+
+        Returns
+        -------
+        mean, variance : array
+            float64 ``(C,)``: the averages over all groups of all ranks.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> from numbabn import cpu
+        >>> from numbabn.distributed import Synchronizer
+        >>> class Alone:                      # one process; mpi4py's COMM_SELF behaves the same
+        ...     def Get_size(self): return 1
+        ...     def Get_rank(self): return 0
+        ...     def Allgather(self, send, recv): recv[0] = send
+        >>> groups_mean, groups_var = np.array([[1.0], [3.0]]), np.array([[2.0], [4.0]])
+        >>> mean, var = Synchronizer(Alone()).group_average(cpu, groups_mean, groups_var)
+        >>> mean.tolist(), var.tolist()
+        ([2.0], [3.0])
+        """
         G, C = mean.shape
         batch_mean, batch_var = eng.group_average(mean, var)
         weights = eng.to_device(np.full(C, float(G)), mean)
@@ -109,7 +231,33 @@ class Synchronizer:
         return average[0], average[1]
 
     def sums(self, eng, *arrays):
-        """Each array summed over ranks (in rank order), as float64 arrays of its shape."""
+        """Sum each array over ranks, in rank order (the same bits on every rank).
+
+        Parameters
+        ----------
+        eng : module
+            The engine of the arrays (``numbabn.cpu`` or ``numbabn.cuda``).
+        *arrays : array
+            Arrays of one shape; one collective carries them all.
+
+        Returns
+        -------
+        tuple of array
+            float64 arrays of that shape, one per argument.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> from numbabn import cpu
+        >>> from numbabn.distributed import Synchronizer
+        >>> class Alone:                      # one process; mpi4py's COMM_SELF behaves the same
+        ...     def Get_size(self): return 1
+        ...     def Get_rank(self): return 0
+        ...     def Allgather(self, send, recv): recv[0] = send
+        >>> dgamma, dbeta = Synchronizer(Alone()).sums(cpu, np.ones(2), np.arange(2.0))
+        >>> dgamma.tolist(), dbeta.tolist()
+        ([1.0, 1.0], [0.0, 1.0])
+        """
         shape = arrays[0].shape
         total = eng.sum_over_ranks(self.allgather(eng, eng.stack(arrays)))
         return tuple(total[i].reshape(shape) for i in range(len(arrays)))

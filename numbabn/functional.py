@@ -13,8 +13,8 @@ Conventions (see ``docs/numerics.md``):
   computed in float32 and returned in its own dtype (read and written as 16-bit values: half
   the memory traffic of float32).
 
-Example
--------
+Examples
+--------
 >>> import numpy as np
 >>> from numbabn import functional as F
 >>> x = np.random.default_rng(0).normal(3.0, 2.0, size=(128, 4)).astype(np.float32)
@@ -37,6 +37,31 @@ __all__ = ["moments", "batch_norm_train", "batch_norm_infer", "batch_norm_backwa
 class BatchNormCache:
     """What :func:`batch_norm_backward` needs from a forward call.
 
+    :func:`batch_norm_train` and :func:`batch_norm_infer` make one (as does the layer, for
+    :meth:`~numbabn.BatchNormalization.backward`); there is no need to construct one directly.
+    The cache refers to the forward input without copying it.
+
+    Parameters
+    ----------
+    x : array
+        The forward input in the engine's canonical view, in the compute dtype.
+    layout : numbabn._layout.Layout
+        How the input's shape and feature axes map onto that view.
+    device : {"cpu", "cuda"}
+        The engine that ran the forward pass.
+    training : bool
+        Whether the forward pass used batch statistics.
+    mean, var, inv_std : array
+        The float64 statistics the forward pass used, ``(G, C)``, and ``1 / sqrt(var + eps)``.
+    gamma, adj_scale, adj_bias, r, d : array
+        The per-feature ``(C,)`` factors of the forward pass (ones and zeros where absent).
+    epsilon : float
+        The forward pass's epsilon.
+    dtype : numpy.dtype
+        The forward computation's dtype.
+    wrap : callable, optional
+        Turns engine arrays back into arrays of the input's kind.
+
     Attributes
     ----------
     mean, variance : array
@@ -47,6 +72,15 @@ class BatchNormCache:
         Elements averaged into each statistic (over every process, for a synchronized layer).
     training : bool
         Whether the gradient flows through the batch statistics.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from numbabn import functional as F
+    >>> x = np.random.default_rng(0).normal(size=(6, 4, 2))
+    >>> _, cache = F.batch_norm_train(x, axis=-1, virtual_batch_size=3)
+    >>> cache.training, cache.count, cache.mean.shape
+    (True, 12, (2, 2))
     """
 
     def __init__(self, *, x, layout, device, training, mean, var, inv_std, gamma, adj_scale,
@@ -73,10 +107,35 @@ class BatchNormCache:
 
     @property
     def mean(self):
+        """A copy of the mean the forward pass normalized with (float64).
+
+        ``feature_shape``, or ``(G,) + feature_shape`` for a ghost-batch training call; an
+        array of the input's kind.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> from numbabn import functional as F
+        >>> _, cache = F.batch_norm_train(np.array([[1.0, 2.0], [3.0, 6.0]]))
+        >>> cache.mean.tolist()
+        [2.0, 4.0]
+        """
         return self._per_feature(self._mean)
 
     @property
     def variance(self):
+        """A copy of the (biased) variance the forward pass normalized with (float64).
+
+        Same shape as :attr:`mean`; in inference the variance that was passed in.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> from numbabn import functional as F
+        >>> _, cache = F.batch_norm_train(np.array([[1.0, 2.0], [3.0, 6.0]]))
+        >>> cache.variance.tolist()
+        [1.0, 4.0]
+        """
         return self._per_feature(self._var)
 
 
@@ -174,6 +233,13 @@ def moments(x, axis=-1, virtual_batch_size=None):
     mean, variance : ndarray
         float64 arrays of shape ``feature_shape`` (``(G,) + feature_shape`` with ghost batches).
 
+    Raises
+    ------
+    ValueError
+        Bad ``axis``, an empty batch, or a ``virtual_batch_size`` that does not divide the batch.
+    TypeError
+        Non-numeric input.
+
     Examples
     --------
     >>> import numpy as np
@@ -181,6 +247,12 @@ def moments(x, axis=-1, virtual_batch_size=None):
     >>> mean, var = moments(np.array([[1.0, 2.0], [3.0, 6.0]]), axis=-1)
     >>> mean.tolist(), var.tolist()
     ([2.0, 4.0], [1.0, 4.0])
+
+    Ghost batches of 2 samples: group 0 is samples 0 and 2, group 1 is samples 1 and 3.
+
+    >>> mean, var = moments(np.array([[0.0], [10.0], [2.0], [20.0]]), virtual_batch_size=2)
+    >>> mean.tolist(), var.tolist()
+    ([[1.0], [15.0]], [[1.0], [25.0]])
     """
     xc, layout, device, _, wrap = _prepare(x, axis, virtual_batch_size)
     _check_not_empty(layout)
@@ -290,7 +362,11 @@ def mask_weights(mask, layout, device):
 
 def batch_norm_train(x, gamma=None, beta=None, *, axis=-1, epsilon=1e-3, virtual_batch_size=None,
                      mask=None):
-    """Normalize ``x`` by its own batch statistics: ``gamma * (x - mean) / sqrt(var + eps) + beta``.
+    """Normalize ``x`` by its own batch statistics.
+
+    ``y = gamma * (x - mean) / sqrt(var + epsilon) + beta``, with the mean and the biased
+    variance of this batch (of each ghost batch with ``virtual_batch_size``; of the kept
+    positions with ``mask``).
 
     Parameters
     ----------
@@ -322,9 +398,28 @@ def batch_norm_train(x, gamma=None, beta=None, *, axis=-1, epsilon=1e-3, virtual
     Raises
     ------
     ValueError
-        Bad ``axis``, an empty batch, or a ``virtual_batch_size`` that does not divide the batch.
+        Bad ``axis``, an empty batch, a ``virtual_batch_size`` that does not divide the batch,
+        per-feature arguments of the wrong size, a negative ``epsilon``, or a mask of the wrong
+        shape, with no true value, or with ``virtual_batch_size``.
     TypeError
-        Non-numeric input.
+        Non-numeric input or mask, or arrays on different devices.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from numbabn.functional import batch_norm_train
+    >>> x = np.random.default_rng(0).normal(4.0, 2.0, size=(8, 3, 5, 5))      # NCHW
+    >>> y, cache = batch_norm_train(x, gamma=[1.0, 2.0, 3.0], beta=0.5, axis=1)
+    >>> y.std(axis=(0, 2, 3)).round(3).tolist(), cache.mean.shape
+    ([1.0, 2.0, 3.0], (3,))
+
+    Statistics from the first 3 of 5 time steps only (the rest is padding):
+
+    >>> seq = np.random.default_rng(0).normal(size=(2, 5, 4))
+    >>> mask = np.arange(5) < 3                                     # broadcasts to (2, 5)
+    >>> y, cache = batch_norm_train(seq, mask=np.broadcast_to(mask, (2, 5)))
+    >>> bool(np.allclose(cache.mean, seq[:, :3].mean(axis=(0, 1))))
+    True
     """
     xc, layout, device, dtype_in, wrap = _prepare(x, axis, virtual_batch_size)
     epsilon = _validate.check_epsilon(epsilon)
@@ -350,8 +445,36 @@ def batch_norm_train(x, gamma=None, beta=None, *, axis=-1, epsilon=1e-3, virtual
 def batch_norm_infer(x, mean, variance, gamma=None, beta=None, *, axis=-1, epsilon=1e-3):
     """Normalize ``x`` by given statistics (e.g. moving averages).
 
-    Returns ``(y, cache)``; the gradient through ``cache`` treats ``mean`` and ``variance`` as
-    constants.
+    ``y = gamma * (x - mean) / sqrt(variance + epsilon) + beta``, with the statistics as
+    constants: the gradient through the returned cache does not flow into them.
+
+    Parameters
+    ----------
+    x : array
+        Input of any rank.
+    mean, variance : array-like
+        Per-feature statistics (``feature_shape`` or any shape with that many values, or one
+        value for every feature).
+    gamma, beta : array-like, optional
+        Per-feature scale and offset; ``None`` means 1 and 0.
+    axis : int or list of int
+        Feature axes.
+    epsilon : float
+        Added to the variance.
+
+    Returns
+    -------
+    y : ndarray
+        Same shape and kind as ``x``, in ``x``'s floating dtype (float32 for integer input).
+    cache : BatchNormCache
+        For :func:`batch_norm_backward`.
+
+    Raises
+    ------
+    ValueError
+        Bad ``axis``, per-feature arguments of the wrong size, or a negative ``epsilon``.
+    TypeError
+        Non-numeric input, or arrays on different devices.
 
     Examples
     --------
@@ -380,7 +503,15 @@ def batch_norm_backward(dy, cache):
     """Gradients of a :func:`batch_norm_train` / :func:`batch_norm_infer` call.
 
     The cache refers to the forward input without copying it: do not write into that array
-    before the backward call.
+    before the backward call. Every result is an array of the forward input's kind (NumPy,
+    CuPy, ...).
+
+    Parameters
+    ----------
+    dy : array
+        Gradient of the loss with respect to the forward output (the input's shape).
+    cache : BatchNormCache
+        The second result of the forward call.
 
     Returns
     -------
@@ -390,8 +521,31 @@ def batch_norm_backward(dy, cache):
     dgamma, dbeta : array
         float64, ``feature_shape``: the gradients of the scale and the offset.
 
-    Every result is an array of the forward input's kind (NumPy, CuPy, ...); ``dy`` must be on
-    the same device as that input (``TypeError`` otherwise).
+    Raises
+    ------
+    ValueError
+        ``dy`` does not have the forward input's shape.
+    TypeError
+        ``dy`` is not numeric, or is not on the forward input's device.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from numbabn import functional as F
+    >>> x = np.random.default_rng(0).normal(size=(10, 3))
+    >>> y, cache = F.batch_norm_train(x, gamma=np.full(3, 2.0))
+    >>> dy = np.random.default_rng(1).normal(size=(10, 3))
+    >>> dx, dgamma, dbeta = F.batch_norm_backward(dy, cache)
+    >>> bool(np.allclose(dbeta, dy.sum(axis=0))), bool(np.allclose(dx.sum(axis=0), 0.0))
+    (True, True)
+
+    In inference the statistics are constants, so ``dx`` is ``dy`` times
+    ``gamma / sqrt(variance + epsilon)``:
+
+    >>> y, cache = F.batch_norm_infer(x, mean=0.0, variance=3.0, epsilon=1.0)
+    >>> dx, _, _ = F.batch_norm_backward(dy, cache)
+    >>> bool(np.allclose(dx, dy / 2.0))
+    True
     """
     dy, device = _validate.as_input_array(dy, "dy")
     _dispatch.check_same_device(cache.device, [("dy", dy)])
@@ -428,11 +582,42 @@ def backward(dy, cache, out=None, dtype=None):
 
 
 def moving_average(moving, batch_stat, momentum):
-    """``moving - (moving - batch_stat) * (1 - momentum)``, as a new array.
+    """Return one step of the exponential moving average, as a new array.
 
-    Computed in ``moving``'s dtype when it is floating (float64 otherwise); ``batch_stat``
-    broadcasts to ``moving``'s shape. On CUDA arrays both must be on the device and of one shape;
-    the result is an array of ``moving``'s kind.
+    ``moving - (moving - batch_stat) * (1 - momentum)``, that is
+    ``momentum * moving + (1 - momentum) * batch_stat`` (Keras' convention: ``momentum`` is the
+    weight of the old value). Computed in ``moving``'s dtype when it is floating (float64
+    otherwise). The layer rounds ``1 - momentum`` to float32 first, as Keras does; this
+    function does not.
+
+    Parameters
+    ----------
+    moving : array
+        The current average (not changed).
+    batch_stat : array
+        The new statistic; broadcasts to ``moving``'s shape. On CUDA arrays both must be on
+        the device and of one shape.
+    momentum : float
+        Weight of the current average.
+
+    Returns
+    -------
+    array
+        The updated average, an array of ``moving``'s kind.
+
+    Raises
+    ------
+    ValueError
+        ``batch_stat`` does not fit ``moving``, or ``momentum`` is not finite.
+    TypeError
+        Non-numeric arrays, or arrays on different devices.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from numbabn.functional import moving_average
+    >>> moving_average(np.array([0.0, 1.0]), np.array([10.0, 3.0]), momentum=0.75).tolist()
+    [2.5, 1.5]
     """
     momentum = _validate.check_finite(momentum, "momentum")
     if _dispatch.CUDA in (_dispatch.device_of(moving), _dispatch.device_of(batch_stat)):

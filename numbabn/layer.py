@@ -52,6 +52,37 @@ class Variable:
     After calls on CUDA arrays the device copy is the current one: reading ``value`` copies it
     back (and the next CUDA call uploads whatever the host then holds), so the host and the
     device never disagree about a weight. :meth:`numpy` returns a copy.
+
+    A layer creates its variables when it is built; they are reached as attributes
+    (``layer.gamma``, ``layer.moving_mean``, ...) and listed by
+    :attr:`BatchNormalization.weights`.
+
+    Parameters
+    ----------
+    name : str
+        Keras-style name, ``"<layer>/<weight>:0"``.
+    value : numpy.ndarray
+        The initial value; the variable keeps this array (no copy) and updates it in place.
+    trainable : bool
+        Whether an optimizer should update it (``gamma`` and ``beta`` of a trainable layer).
+    regularizer : callable, optional
+        ``regularizer(value) -> float``, read by :attr:`BatchNormalization.losses`.
+    constraint : callable, optional
+        ``constraint(value) -> array``, applied by :meth:`BatchNormalization.apply_constraints`.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import numbabn
+    >>> layer = numbabn.BatchNormalization(name="bn")
+    >>> layer.build((None, 3))
+    >>> layer.gamma
+    <Variable 'bn/gamma:0' shape=(3,) dtype=float32>
+    >>> layer.gamma.value.tolist(), layer.gamma.trainable
+    ([1.0, 1.0, 1.0], True)
+    >>> layer.gamma -= np.array([0.5, 0.25, 0.0])      # in place, like an optimizer step
+    >>> layer.gamma.numpy().tolist()
+    [0.5, 0.75, 1.0]
     """
 
     def __init__(self, name, value, trainable, regularizer=None, constraint=None):
@@ -65,6 +96,21 @@ class Variable:
 
     @property
     def value(self):
+        """The live NumPy array (copied back from the device first if the device copy is newer).
+
+        Writing into it changes the weight; assigning to it (``var.value = new``) copies ``new``
+        in, as :meth:`assign` does.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> import numbabn
+        >>> var = numbabn.Variable("w", np.zeros(2, np.float32), trainable=True)
+        >>> var.value[0] = 3.0
+        >>> var.value = [1.0, 2.0]
+        >>> var.value.tolist()
+        [1.0, 2.0]
+        """
         if self._on_device:
             self._host[...] = _dispatch.engine(_dispatch.CUDA).to_host(self._device)
             self._on_device = False
@@ -77,7 +123,27 @@ class Variable:
             self.assign(new)
 
     def live(self, device):
-        """The array on ``device`` that calls read and update in place (moved there if need be)."""
+        """Return the array on ``device`` that calls read and update in place.
+
+        Parameters
+        ----------
+        device : {"cpu", "cuda"}
+            Where the caller computes. ``"cuda"`` uploads the host value if the device copy is
+            not the current one (this needs a GPU).
+
+        Returns
+        -------
+        array
+            The NumPy array itself for ``"cpu"``, the device copy for ``"cuda"``.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> import numbabn
+        >>> var = numbabn.Variable("w", np.ones(3), trainable=False)
+        >>> var.live("cpu") is var.value
+        True
+        """
         if device == _dispatch.CPU:
             return self.value
         if not self._on_device:
@@ -87,18 +153,79 @@ class Variable:
 
     @property
     def shape(self):
+        """The weight's shape (a tuple).
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> import numbabn
+        >>> numbabn.Variable("w", np.zeros((1, 3, 1)), trainable=False).shape
+        (1, 3, 1)
+        """
         return self._host.shape
 
     @property
     def dtype(self):
+        """The weight's NumPy dtype.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> import numbabn
+        >>> numbabn.Variable("w", np.zeros(3, np.float32), trainable=False).dtype
+        dtype('float32')
+        """
         return self._host.dtype
 
     def numpy(self):
+        """Return a NumPy copy of the current value.
+
+        Returns
+        -------
+        numpy.ndarray
+            A new array; later updates of the weight do not reach it.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> import numbabn
+        >>> var = numbabn.Variable("w", np.zeros(2), trainable=True)
+        >>> snapshot = var.numpy()
+        >>> _ = var.assign([4.0, 5.0])
+        >>> snapshot.tolist(), var.numpy().tolist()
+        ([0.0, 0.0], [4.0, 5.0])
+        """
         return self.value.copy()
 
     def assign(self, value):
-        """Overwrite the value in place (same shape; cast to the weight's dtype). A CUDA array
-        is copied into the device copy."""
+        """Overwrite the value in place.
+
+        Parameters
+        ----------
+        value : array-like or CUDA array
+            The new value: the weight's shape, or any shape with as many elements; cast to the
+            weight's dtype. A CUDA array is copied into the device copy.
+
+        Returns
+        -------
+        Variable
+            This variable.
+
+        Raises
+        ------
+        ValueError
+            ``value`` has a different number of elements.
+        TypeError
+            ``value`` is not a real numeric array.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> import numbabn
+        >>> var = numbabn.Variable("w", np.zeros((1, 2), np.float32), trainable=True)
+        >>> var.assign([3, 4]).value
+        array([[3., 4.]], dtype=float32)
+        """
         if _dispatch.device_of(value) == _dispatch.CUDA:
             eng = _dispatch.engine(_dispatch.CUDA)
             eng.assign(self.live(_dispatch.CUDA), self._device_value(eng, value))
@@ -125,9 +252,51 @@ class Variable:
         return self.assign(self.value + sign * np.asarray(delta))
 
     def assign_add(self, delta):
+        """Add ``delta`` to the value in place (``var += delta`` does the same).
+
+        Parameters
+        ----------
+        delta : array-like or CUDA array
+            Broadcasts to the weight's shape (a CUDA array: as many elements); a CUDA array
+            updates the device copy.
+
+        Returns
+        -------
+        Variable
+            This variable.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> import numbabn
+        >>> var = numbabn.Variable("w", np.ones(2), trainable=True)
+        >>> var.assign_add([0.5, 1.5]).value.tolist()
+        [1.5, 2.5]
+        """
         return self._add(delta, 1.0)
 
     def assign_sub(self, delta):
+        """Subtract ``delta`` from the value in place (``var -= delta`` does the same).
+
+        Parameters
+        ----------
+        delta : array-like or CUDA array
+            Broadcasts to the weight's shape (a CUDA array: as many elements); a CUDA array
+            updates the device copy.
+
+        Returns
+        -------
+        Variable
+            This variable.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> import numbabn
+        >>> var = numbabn.Variable("w", np.ones(2), trainable=True)
+        >>> var.assign_sub(0.25).value.tolist()
+        [0.75, 0.75]
+        """
         return self._add(delta, -1.0)
 
     # ``layer.gamma -= lr * grad`` updates the weight in place (on the device for CUDA grads).
@@ -238,18 +407,54 @@ class BatchNormalization:
         array); the normalized value becomes ``scale * xhat + bias`` before gamma and beta.
     name : str, optional
         Layer name; default ``batch_normalization`` (made unique).
-    synchronized : bool, default False
-        Batch statistics over the batches of every process of ``comm`` (data-parallel
-        training): P processes compute what one process computes on the concatenated batch.
-        See ``docs/distributed.md``. Needs mpi4py (or, for CUDA arrays, a CuPy NCCL
-        communicator).
-    comm : optional
-        The communicator of a synchronized layer: an mpi4py communicator
-        (``mpi4py.MPI.COMM_WORLD`` by default) or a ``cupy.cuda.nccl.NcclCommunicator``.
     **kwargs
-        ``dtype`` (``'float32'`` default, ``'float64'``, ``'float16'``, ``'mixed_float16'``,
-        ``'bfloat16'``, ``'mixed_bfloat16'`` (these two need ml_dtypes)) and
-        the other keyword arguments every Keras layer accepts (``input_shape``, ``weights``, ...).
+        Keyword-only arguments beyond the V1 Keras signature:
+
+        ``synchronized`` (bool, default False)
+            Batch statistics over the batches of every process of ``comm`` (data-parallel
+            training): P processes compute what one process computes on the concatenated
+            batch. See ``docs/distributed.md``. Needs mpi4py (or, for CUDA arrays, a CuPy NCCL
+            communicator).
+        ``comm``
+            The communicator of a synchronized layer: an mpi4py communicator
+            (``mpi4py.MPI.COMM_WORLD`` by default) or a ``cupy.cuda.nccl.NcclCommunicator``.
+        ``dtype``
+            ``'float32'`` (default), ``'float64'``, ``'float16'``, ``'mixed_float16'``,
+            ``'bfloat16'`` or ``'mixed_bfloat16'`` (these two need ml_dtypes).
+
+        and the other keyword arguments every Keras layer accepts (``input_shape``,
+        ``weights``, ...).
+
+    Attributes
+    ----------
+    grads : dict
+        The parameter gradients of the last :meth:`backward` call: ``"gamma"`` and ``"beta"``
+        (for those that exist and are trainable), arrays of the input's kind.
+    built : bool
+        Whether the weights exist (after :meth:`build` or the first call).
+    name : str
+        The layer name; weights are named ``"<name>/<weight>:0"``.
+    reuse_outputs : bool
+        Class attribute, default True: hand out output arrays again once the caller has
+        dropped them, which saves the page faults of a fresh allocation at the cost of keeping
+        at most one spare output (and one spare input gradient) per input shape. Set it to
+        False on a layer or on the class to always allocate.
+
+    Raises
+    ------
+    TypeError
+        An argument of the wrong type (``axis``, ``fused``, ``adjustment``, ``name``, a
+        boolean flag) or a keyword argument no Keras layer takes.
+    ValueError
+        A bad value (a negative ``epsilon``, unknown ``renorm_clipping`` keys, a
+        ``virtual_batch_size`` that is not a positive integer or comes with ``adjustment``, an
+        unknown ``dtype``, ``comm`` without ``synchronized=True``). Nothing is created.
+    ImportError
+        ``synchronized=True`` without ``comm`` and without mpi4py.
+
+    See Also
+    --------
+    numbabn.functional.batch_norm_train : The same normalization without state.
 
     Examples
     --------
@@ -265,10 +470,7 @@ class BatchNormalization:
     ['beta', 'gamma']
     """
 
-    #: Hand out output arrays again once the caller has dropped them (see ``numbabn/_buffers``):
-    #: saves the page faults of a fresh allocation, at the cost of keeping at most one spare
-    #: output (and one spare input gradient) per layer. Set to False on a layer or the class to
-    #: always allocate.
+    # A fresh multi-megabyte output costs a page fault per page; see numbabn/_buffers.py.
     reuse_outputs = True
 
     def __init__(self, axis=-1, momentum=0.99, epsilon=1e-3, center=True, scale=True,
@@ -366,15 +568,47 @@ class BatchNormalization:
 
     @property
     def dtype(self):
-        """The variable dtype name (``'float32'`` for the mixed policies)."""
+        """The variable dtype name (``'float32'`` for the mixed policies).
+
+        Examples
+        --------
+        >>> import numbabn
+        >>> numbabn.BatchNormalization(dtype="mixed_float16").dtype
+        'float32'
+        """
         return self._param_dtype.name
 
     @property
     def compute_dtype(self):
+        """The dtype name the layer computes and returns its outputs in.
+
+        Examples
+        --------
+        >>> import numbabn
+        >>> numbabn.BatchNormalization(dtype="mixed_float16").compute_dtype
+        'float16'
+        """
         return self._compute_dtype.name
 
     @property
     def trainable(self):
+        """Whether gamma and beta train and the moving statistics update (settable).
+
+        A frozen layer (``False``) still normalizes with batch statistics when called with
+        ``training=True``, as the V1 Keras class does, but leaves its moving statistics alone
+        (renorm's ``renorm_mean`` and ``renorm_stddev`` excepted, as in Keras) and
+        :meth:`backward` leaves ``grads`` empty.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> import numbabn
+        >>> layer = numbabn.BatchNormalization()
+        >>> layer.trainable = False
+        >>> _ = layer(np.random.default_rng(0).normal(size=(8, 2)), training=True)
+        >>> layer.moving_mean.value.tolist(), len(layer.trainable_weights)
+        ([0.0, 0.0], 0)
+        """
         return self._trainable
 
     @trainable.setter
@@ -391,12 +625,32 @@ class BatchNormalization:
         return axes
 
     def build(self, input_shape):
-        """Create the weights for inputs of ``input_shape`` (feature dims must be known).
+        """Create the weights for inputs of ``input_shape``.
+
+        The first call builds the layer by itself; calling :meth:`build` first is only needed
+        to read or set weights before any data has passed. A built layer ignores the call.
+
+        Parameters
+        ----------
+        input_shape : tuple of int or None
+            The input shape; ``None`` for a dimension not known yet (the batch), but every
+            feature dimension must be known.
 
         Raises
         ------
         ValueError
-            Undefined rank, a bad ``axis``, or an unknown feature dimension.
+            Undefined rank, a bad ``axis``, an unknown feature dimension, or ``weights`` given
+            to the constructor that do not fit.
+        TypeError
+            ``input_shape`` is not a tuple of ints and ``None``.
+
+        Examples
+        --------
+        >>> import numbabn
+        >>> layer = numbabn.BatchNormalization(axis=1)
+        >>> layer.build((None, 3, 4, 4))
+        >>> layer.built, layer.axis, layer.gamma.shape
+        (True, [1], (3,))
         """
         if self.built:
             return
@@ -506,26 +760,104 @@ class BatchNormalization:
 
     @property
     def weights(self):
-        """All weights, in Keras order: gamma, beta, moving_mean, moving_variance, [renorm's]."""
+        """All weights as :class:`Variable` objects, in Keras order.
+
+        The order is gamma, beta, moving_mean, moving_variance, then with ``renorm=True``
+        moving_stddev, renorm_mean, renorm_stddev; gamma is absent with ``scale=False`` and beta
+        with ``center=False``. Empty before the layer is built.
+
+        Examples
+        --------
+        >>> import numbabn
+        >>> layer = numbabn.BatchNormalization(center=False, name="bn")
+        >>> layer.build((None, 4))
+        >>> [w.name for w in layer.weights]
+        ['bn/gamma:0', 'bn/moving_mean:0', 'bn/moving_variance:0']
+        """
         return list(self._variables.values())
 
     @property
     def trainable_weights(self):
+        """The weights an optimizer updates: gamma and beta, if they exist and the layer trains.
+
+        Examples
+        --------
+        >>> import numbabn
+        >>> layer = numbabn.BatchNormalization(name="bn")
+        >>> layer.build((None, 4))
+        >>> [w.name for w in layer.trainable_weights]
+        ['bn/gamma:0', 'bn/beta:0']
+        """
         return [v for v in self._variables.values() if v.trainable]
 
     @property
     def non_trainable_weights(self):
+        """The weights the layer updates itself: the moving (and renorm) statistics.
+
+        Examples
+        --------
+        >>> import numbabn
+        >>> layer = numbabn.BatchNormalization(renorm=True, name="bn")
+        >>> layer.build((None, 4))
+        >>> for w in layer.non_trainable_weights:
+        ...     print(w.name)
+        bn/moving_mean:0
+        bn/moving_variance:0
+        bn/moving_stddev:0
+        bn/renorm_mean:0
+        bn/renorm_stddev:0
+        """
         return [v for v in self._variables.values() if not v.trainable]
 
     def get_weights(self):
-        """Copies of every weight, in :attr:`weights` order (the Keras order and shapes)."""
+        """Return copies of every weight, in :attr:`weights` order.
+
+        Returns
+        -------
+        list of numpy.ndarray
+            The Keras order and shapes, so the list can go to a tf.keras layer's
+            ``set_weights`` unchanged. Empty before the layer is built.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> import numbabn
+        >>> layer = numbabn.BatchNormalization(momentum=0.0)
+        >>> _ = layer(np.array([[1.0, 2.0], [3.0, 6.0]]), training=True)
+        >>> [w.tolist() for w in layer.get_weights()]
+        [[1.0, 1.0], [0.0, 0.0], [2.0, 4.0], [1.0, 4.0]]
+        """
         return [v.value.copy() for v in self._variables.values()]
 
     def set_weights(self, weights):
         """Set every weight from a list in :attr:`weights` order.
 
-        Each array has the weight's shape, or is flat with one value per feature. Nothing is
-        changed unless every array is valid.
+        Nothing is changed unless every array is valid.
+
+        Parameters
+        ----------
+        weights : list of array-like
+            One array per weight, of the weight's shape or flat with one value per feature;
+            cast to the weights' dtype.
+
+        Raises
+        ------
+        RuntimeError
+            The layer is not built yet.
+        TypeError
+            ``weights`` is not a list, or holds a non-numeric array.
+        ValueError
+            A wrong number of arrays, or an array of the wrong shape.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> import numbabn
+        >>> layer = numbabn.BatchNormalization(epsilon=0.0)
+        >>> layer.build((None, 2))
+        >>> layer.set_weights([[2.0, 2.0], [0.0, 1.0], [1.0, 1.0], [4.0, 4.0]])
+        >>> layer(np.array([[3.0, 3.0]])).tolist()      # 2 * (3 - 1) / 2 + beta
+        [[2.0, 3.0]]
         """
         if not self.built:
             raise RuntimeError(f"Layer {self.name!r} has no weights yet: call it or build() first")
@@ -556,7 +888,19 @@ class BatchNormalization:
 
     @property
     def losses(self):
-        """Regularization losses of gamma and beta (floats), from their current values."""
+        """Regularization losses of gamma and beta, from their current values.
+
+        A list of floats, one per regularized weight (gamma's first); empty without
+        regularizers. Add them to the loss, as Keras' ``fit`` does.
+
+        Examples
+        --------
+        >>> import numbabn
+        >>> layer = numbabn.BatchNormalization(gamma_regularizer="l2")
+        >>> layer.build((None, 3))
+        >>> [round(loss, 6) for loss in layer.losses]       # 0.01 * sum(gamma ** 2)
+        [0.03]
+        """
         out = []
         for key in ("gamma", "beta"):
             var = self._variables.get(key)
@@ -565,7 +909,25 @@ class BatchNormalization:
         return out
 
     def apply_constraints(self):
-        """Project gamma and beta with their constraints, as a Keras optimizer does per step."""
+        """Project gamma and beta with their constraints, as a Keras optimizer does per step.
+
+        The forward pass never applies constraints; call this after each parameter update.
+
+        Raises
+        ------
+        ValueError
+            A constraint returned an array of another shape (no weight is changed).
+
+        Examples
+        --------
+        >>> import numbabn
+        >>> layer = numbabn.BatchNormalization(gamma_constraint="non_neg")
+        >>> layer.build((None, 3))
+        >>> _ = layer.gamma.assign([-1.0, 2.0, -3.0])
+        >>> layer.apply_constraints()
+        >>> layer.gamma.value.tolist() == [0.0, 2.0, 0.0]
+        True
+        """
         updates = {}
         for key in ("gamma", "beta"):
             var = self._variables.get(key)
@@ -603,6 +965,38 @@ class BatchNormalization:
         -------
         array
             Same shape and kind (NumPy, CuPy, ...) as ``inputs``, in the layer's compute dtype.
+
+        Raises
+        ------
+        TypeError
+            Non-numeric input, a ``training`` that is not a boolean, 0/1 or ``None``, or a bad
+            ``mask``.
+        ValueError
+            An input the layer cannot take (another rank or feature size than the one it was
+            built for, a bad ``axis``), an empty batch in training, a batch that
+            ``virtual_batch_size`` does not divide, or a mask of the wrong shape or with no
+            true value. No state changes.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> import numbabn
+        >>> x = np.random.default_rng(0).normal(2.0, 3.0, size=(32, 4, 4, 3)).astype(np.float32)
+        >>> layer = numbabn.BatchNormalization(momentum=0.0)        # NHWC: features last
+        >>> y = layer(x, training=True)
+        >>> y.shape, y.dtype, bool(np.allclose(y.std(axis=(0, 1, 2)), 1.0, atol=1e-3))
+        ((32, 4, 4, 3), dtype('float32'), True)
+        >>> y_eval = layer(x, training=False)                      # the moving statistics
+        >>> bool(np.allclose(y_eval.mean(axis=(0, 1, 2)), 0.0, atol=1e-5))
+        True
+
+        A mask leaves padded positions out of the statistics (here the last time step):
+
+        >>> seq = np.random.default_rng(0).normal(size=(2, 5, 3))
+        >>> keep = np.array([[True] * 4 + [False]] * 2)
+        >>> y = numbabn.BatchNormalization()(seq, training=True, mask=keep)
+        >>> bool(np.allclose(y[:, :4].mean(axis=(0, 1)), 0.0, atol=1e-5))
+        True
         """
         x, device = _validate.as_input_array(inputs, "inputs")
         eng = _dispatch.engine(device)       # an unavailable engine fails before any state change
@@ -816,7 +1210,7 @@ class BatchNormalization:
         """Gradient of the last call with respect to its input.
 
         Training calls differentiate through the batch statistics; inference calls through the
-        (constant) moving statistics. Also sets :attr:`grads` to ``{"gamma": ..., "beta": ...}``
+        (constant) moving statistics. Also sets ``grads`` to ``{"gamma": ..., "beta": ...}``
         for the parameters that exist and are trainable (an empty dict when the layer is frozen).
 
         The layer keeps a reference to the last input (no copy, to keep the forward pass at
@@ -829,9 +1223,36 @@ class BatchNormalization:
 
         Returns
         -------
-        ndarray
-            ``dx``, same shape as the last input, in its floating dtype (the compute dtype for
-            integer input).
+        array
+            ``dx``, same shape and kind as the last input, in its floating dtype (the compute
+            dtype for integer input).
+
+        Raises
+        ------
+        RuntimeError
+            No forward call yet.
+        ValueError
+            ``dy`` does not have the shape of the last input.
+        TypeError
+            ``dy`` is not numeric, or is on another device than the last input.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> import numbabn
+        >>> rng = np.random.default_rng(0)
+        >>> x = rng.normal(size=(16, 3))
+        >>> layer = numbabn.BatchNormalization()
+        >>> y = layer(x, training=True)
+        >>> dx = layer.backward(2.0 * y)            # the gradient of sum(y ** 2)
+        >>> dx.shape, sorted(layer.grads), layer.grads["beta"].shape
+        ((16, 3), ['beta', 'gamma'], (3,))
+
+        A constant ``dy`` only shifts every output of a feature equally; batch normalization
+        removes any shift, so the input gradient is zero:
+
+        >>> bool(np.allclose(layer.backward(np.ones_like(y)), 0.0, atol=1e-6))
+        True
         """
         if self._cache is None:
             raise RuntimeError(f"backward() called on layer {self.name!r} before any forward call")
@@ -864,8 +1285,23 @@ class BatchNormalization:
     # config
 
     def get_config(self):
-        """Constructor arguments, JSON-safe, in the Keras key order (``fused`` and ``adjustment``
-        are not included, as in Keras)."""
+        """Return the constructor arguments, JSON-safe, in the Keras key order.
+
+        ``fused`` and ``adjustment`` are not included, as in Keras; ``renorm``'s arguments,
+        ``virtual_batch_size`` and ``synchronized`` only when they are used.
+
+        Returns
+        -------
+        dict
+            Arguments for :meth:`from_config` (or a tf.keras layer's ``from_config``).
+
+        Examples
+        --------
+        >>> import numbabn
+        >>> config = numbabn.BatchNormalization(momentum=0.9, name="bn").get_config()
+        >>> list(config)[:6], config["momentum"], config["gamma_initializer"]["class_name"]
+        (['name', 'trainable', 'dtype', 'axis', 'momentum', 'epsilon'], 0.9, 'Ones')
+        """
         config = {
             "name": self.name,
             "trainable": self._trainable,
@@ -897,7 +1333,26 @@ class BatchNormalization:
 
     @classmethod
     def from_config(cls, config):
-        """A new, unbuilt layer from :meth:`get_config` output."""
+        """Make a new, unbuilt layer from :meth:`get_config` output.
+
+        Parameters
+        ----------
+        config : dict
+            Constructor arguments, as :meth:`get_config` returns them.
+
+        Returns
+        -------
+        BatchNormalization
+            A layer with that configuration and fresh weights.
+
+        Examples
+        --------
+        >>> import numbabn
+        >>> layer = numbabn.BatchNormalization(axis=1, renorm=True, name="bn")
+        >>> again = numbabn.BatchNormalization.from_config(layer.get_config())
+        >>> again.get_config() == layer.get_config()
+        True
+        """
         return cls(**config)
 
     # --------------------------------------------------------------------------------------------
@@ -910,6 +1365,16 @@ class BatchNormalization:
         leaves a half-written file; it holds no pickled objects. Read it back with
         :func:`numbabn.load`. The ``adjustment`` callable and ``comm`` are not stored (they
         are not in the configuration either).
+
+        Parameters
+        ----------
+        path : str or path-like
+            The file to write (replaced if it exists); its directory must exist.
+
+        Returns
+        -------
+        str
+            ``path``.
 
         Raises
         ------
@@ -934,13 +1399,63 @@ class BatchNormalization:
 
     @classmethod
     def from_keras(cls, keras_layer):
-        """A layer with the configuration and weights of a tf.keras ``BatchNormalization``."""
+        """Make a layer with the configuration and weights of a tf.keras ``BatchNormalization``.
+
+        Parameters
+        ----------
+        keras_layer : tf.keras.layers.BatchNormalization
+            A tf.keras (Keras 2 / tf_keras) layer, built or not; a built layer's weights are
+            copied.
+
+        Returns
+        -------
+        BatchNormalization
+            A new layer, built if ``keras_layer`` is.
+
+        Examples
+        --------
+        The TensorFlow lines need TensorFlow with tf_keras (``TF_USE_LEGACY_KERAS=1``), so
+        they are not run here:
+
+        >>> import numbabn
+        >>> import tensorflow as tf                                     # doctest: +SKIP
+        >>> KerasBN = tf.compat.v1.keras.layers.BatchNormalization      # doctest: +SKIP
+        >>> layer = numbabn.BatchNormalization.from_keras(KerasBN(momentum=0.9))  # doctest: +SKIP
+        >>> layer.momentum                                              # doctest: +SKIP
+        0.9
+        """
         from . import persistence
         return persistence.from_keras(keras_layer, cls)
 
     def to_keras(self):
-        """A ``tf.compat.v1.keras.layers.BatchNormalization`` with this layer's configuration and
-        weights (needs TensorFlow)."""
+        """Make a ``tf.compat.v1.keras.layers.BatchNormalization`` with this layer's state.
+
+        The Keras layer gets this layer's configuration, and its weights if this layer is
+        built. ``synchronized`` is dropped (the V1 Keras class has no such argument).
+
+        Returns
+        -------
+        tf.compat.v1.keras.layers.BatchNormalization
+            A tf.keras (V1) layer.
+
+        Raises
+        ------
+        ImportError
+            TensorFlow is not installed.
+
+        Examples
+        --------
+        Only the conversion needs TensorFlow (with tf_keras, ``TF_USE_LEGACY_KERAS=1``), so
+        that line is not run here:
+
+        >>> import numpy as np
+        >>> import numbabn
+        >>> layer = numbabn.BatchNormalization(momentum=0.9)
+        >>> _ = layer(np.ones((4, 2)), training=True)
+        >>> keras_layer = layer.to_keras()                              # doctest: +SKIP
+        >>> len(layer.get_weights())
+        4
+        """
         from . import persistence
         return persistence.to_keras(self)
 
