@@ -186,7 +186,9 @@ def restore(y, layout, dtype):
     if layout.perm is not None:
         inverse = np.argsort(layout.perm)
         view = _strided_8d(y, [y.shape[a] for a in inverse], [y.strides[a] for a in inverse])
-        out = _empty(math.prod(layout.shape), y.dtype, y)
+        # one pass that permutes and casts, except that bfloat16 converts in a pass of its own
+        moved = y.dtype if _is_bfloat16(dtype) or _is_bfloat16(y.dtype) else dtype
+        out = _empty(math.prod(layout.shape), moved, y)
         _copy_launch(K.gather, out.size, y)(view, out)
         y = out.reshape(layout.shape)
     return y if y.dtype == dtype else _cast(y, dtype)
