@@ -14,7 +14,8 @@ import pytest
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "asv_bench"))
 
-MODULES = ["benchmarks.layer", "benchmarks.functional", "benchmarks.startup", "benchmarks.cuda"]
+MODULES = ["benchmarks.layer", "benchmarks.functional", "benchmarks.startup", "benchmarks.cuda",
+           "benchmarks.half"]
 PREFIXES = ("time_", "peakmem_", "track_", "timeraw_")
 
 
@@ -34,6 +35,8 @@ def test_benchmark_runs_on_the_small_case(cls):
     if params:
         values = params[0] if isinstance(params[0], list) else params
         args = ("small",) if "small" in values else (values[0],)
+        if isinstance(params[0], list):      # further parameters: their last value
+            args += tuple(p[-1] for p in params[1:])
     bench = cls()
     if hasattr(bench, "setup"):
         try:
