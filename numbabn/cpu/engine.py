@@ -111,6 +111,27 @@ def _row_block(rows, channels, target):
 
 def moments(x, rows_per_sample, groups):
     """Mean and biased variance per (group, feature), float64 ``(groups, C)``."""
+    mean, var = _shifted_moments(x, rows_per_sample, groups)
+    if x.size and np.isnan(mean).any():
+        samples = x.shape[0] // rows_per_sample
+        per_sample = x.reshape((samples, rows_per_sample) + x.shape[1:])
+        _sum_means(mean, lambda g, c: per_sample[g::groups, :, c])
+    return mean, var
+
+
+def _sum_means(mean, values_of):
+    """Where a mean came out NaN, make it ``sum / count`` of ``values_of(group, feature)``.
+
+    Shifted sums and the pairwise merge meet ``inf - inf`` as soon as a feature holds an
+    infinity; the plain sum gives TensorFlow's answer: +-inf when the infinities have one sign and
+    there is no NaN (the variance is NaN either way). Only the affected features are summed.
+    """
+    for g, c in zip(*np.nonzero(np.isnan(mean))):
+        values = values_of(g, c)
+        mean[g, c] = values.astype(np.float64).sum() / max(values.size, 1)
+
+
+def _shifted_moments(x, rows_per_sample, groups):
     C = x.shape[1]
     mean = np.empty((groups, C))
     m2 = np.empty((groups, C))
@@ -468,7 +489,7 @@ def masked_moments(x, w):
     """Mean and biased variance ``(1, C)`` of the positions where ``w`` is true, and their
     number (per feature)."""
     C = x.shape[1]
-    x = _raw(x)
+    values, x = x, _raw(x)
     if x.ndim == 2:
         block = _row_block(x.shape[0], C, UNIT_ELEMENTS)
         units = -(-x.shape[0] // block)
@@ -489,4 +510,8 @@ def masked_moments(x, w):
         mean.fill(np.nan)
         m2.fill(np.nan)
         return mean, m2, 0
+    if np.isnan(mean).any():
+        kept = w.astype(bool)
+        _sum_means(mean, (lambda g, c: values[kept, c]) if values.ndim == 2
+                   else (lambda g, c: values[:, c, :][kept]))
     return mean, m2 / count, int(count)
