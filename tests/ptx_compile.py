@@ -7,6 +7,7 @@ typing of every argument combination the engine launches, and intrinsics such as
 
     python tests/ptx_compile.py [major minor]
 """
+import re
 import sys
 
 
@@ -55,6 +56,27 @@ def signatures():
                                                   f64_1, f64_1)))
             out.append(("renorm_correction", (f64_1, f64_1, wv, wv, float64, float64, float64,
                                               float64, f64_1, f64_1)))
+    # float16 data read and written as it is, float32 coefficients and arithmetic
+    h2, h3, c2 = arr(float16, 2), arr(float16, 3), arr(float32, 2)
+    for y2, y3 in ((h2, h3), (arr(float32, 2), arr(float32, 3))):
+        out += [
+            ("affine_rows", (h2, i, i, c2, c2, c2, y2)),
+            ("affine_planes", (h3, i, i, c2, c2, c2, y3)),
+            ("grad_input_rows", (h2, h2, i, i, c2, c2, c2, c2, c2, y2)),
+            ("grad_input_planes", (h3, h3, i, i, c2, c2, c2, c2, c2, y3)),
+            ("masked_grad_input_rows", (h2, h2, arr(boolean, 1), c2, c2, c2, c2, c2, y2)),
+            ("masked_grad_input_planes", (h3, h3, arr(boolean, 2), c2, c2, c2, c2, c2, y3)),
+        ]
+    out += [
+        ("unit_moments_rows", (h2, i, i, i, f64_2, f64_2, f64_2)),
+        ("unit_moments_planes", (h3, i, i, i, f64_2, f64_2, f64_2)),
+        ("unit_grad_sums_rows", (h2, h2, i, i, i, c2, f64_2, f64_2)),
+        ("unit_grad_sums_planes", (h3, h3, i, i, i, c2, f64_2, f64_2)),
+        ("masked_unit_moments_rows", (h2, arr(boolean, 1), i, f64_2, f64_2, f64_2)),
+        ("masked_unit_moments_planes", (h3, arr(boolean, 2), i, f64_2, f64_2, f64_2)),
+        ("gather", (arr(float16, 8, "A"), arr(float16, 1))),
+        ("gather", (arr(float32, 8, "A"), arr(float16, 1))),
+    ]
     out += [
         ("merge_moments", (f64_2, f64_2, f64_2, f64_2, f64_2)),
         ("merge_sums", (f64_2, f64_2, f64_2, f64_2)),
@@ -81,9 +103,13 @@ def main(cc=(9, 0)):
         sys.exit("ptx_compile.py must run without NUMBA_ENABLE_CUDASIM")
     from numbabn.cuda import kernels
     names = set()
+    half_math = re.compile(r"\b(?:add|sub|mul|fma|div)(?:\.rn)?\.(?:f16|f16x2|bf16)\b")
     for name, sig in signatures():
         ptx, _ = cuda.compile_ptx(getattr(kernels, name).py_func, sig, cc=cc)
         names.add(name)
+        # float16 data is only converted: every operation on it must be float32 or wider
+        if half_math.search(ptx):
+            sys.exit(f"{name}{sig} does arithmetic in half precision")
         print(f"{name}{tuple(str(t) for t in sig)}: {len(ptx)} bytes of PTX", flush=True)
     launched = {n for n in dir(kernels) if hasattr(getattr(kernels, n), "py_func")
                 and not getattr(getattr(kernels, n), "targetoptions", {}).get("device")}

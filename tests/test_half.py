@@ -84,3 +84,28 @@ def test_half_layers_on_the_cuda_engine(policy, half, shape, axis, rng):
                  gpu.host(gpu_layer(gpu.to(x32.astype(half)))).astype(np.float64), half)
     y16, _ = F.batch_norm_train(gpu.to(x), axis=axis)
     assert gpu.host(y16).dtype == half
+
+
+@pytest.mark.parametrize("shape, axis, masked", [((40, 6), -1, False), ((3, 4, 5, 6), 1, False),
+                                                 ((3, 4, 5, 6), [1, 3], False),
+                                                 ((6, 5, 4), -1, True)])
+def test_float16_on_the_cuda_engine_equals_the_float32_route(shape, axis, masked, rng):
+    """The CUDA kernels read and write float16 as it is, computing in float32: bitwise the
+    results of casting to float32 first."""
+    from conftest import Backend
+    gpu = Backend("cuda")
+    x = rng.normal(3.0, 2.0, size=shape).astype(np.float16)
+    dy = rng.normal(size=shape).astype(np.float16)
+    mask = rng.random(shape[:-1]) < 0.7 if masked else None
+    kw = dict(axis=axis) if mask is None else dict(axis=axis, mask=gpu.to(mask))
+    y, cache = F.batch_norm_train(gpu.to(x), **kw)
+    y32, cache32 = F.batch_norm_train(gpu.to(x.astype(np.float32)), **kw)
+    y, y32 = gpu.host(y), gpu.host(y32)
+    assert y.dtype == np.float16
+    np.testing.assert_array_equal(y.view(np.uint16), y32.astype(np.float16).view(np.uint16))
+    dx, dgamma, _ = F.batch_norm_backward(gpu.to(dy), cache)
+    dx32, dgamma32, _ = F.batch_norm_backward(gpu.to(dy.astype(np.float32)), cache32)
+    dx, dx32 = gpu.host(dx), gpu.host(dx32)
+    assert dx.dtype == np.float16
+    np.testing.assert_array_equal(dx.view(np.uint16), dx32.astype(np.float16).view(np.uint16))
+    np.testing.assert_array_equal(gpu.host(dgamma), gpu.host(dgamma32))

@@ -145,16 +145,31 @@ def _strided_8d(x, shape, strides):
 def canonical(x, layout, dtype):
     """``x`` (a device array) as the C-contiguous ``layout.canonical_shape`` array the kernels
     read for a computation in ``dtype``: a view when it already is one, else one pass that
-    permutes and casts. A float16 or bfloat16 computation runs in float32 on the input rounded to
-    that dtype (Keras casts the input to the compute dtype first)."""
+    permutes and casts. Half-precision computations run in float32 on the input rounded to the
+    half type (Keras casts the input to the compute dtype first). The kernels read float16 as it
+    is, also for a float32 computation (exact); bfloat16 is converted to float32 first."""
     dtype = np.dtype(dtype)
-    if _is_half(dtype):
+    if _is_bfloat16(dtype):
         return _cast(_gathered(x, layout, dtype), np.dtype(np.float32))
+    if dtype == np.float32 and x.dtype == np.float16:
+        dtype = x.dtype
     return _gathered(x, layout, dtype)
 
 
-def _is_half(dtype):
-    return dtype == np.float16 or _is_bfloat16(dtype)
+def _arith(dtype):
+    """The dtype the kernels compute in for data stored as ``dtype``."""
+    return np.dtype(np.float32) if dtype == np.float16 else np.dtype(dtype)
+
+
+# the dtypes kernels write directly; others are written in the arithmetic dtype and cast
+_WRITABLE = ("float16", "float32", "float64")
+
+
+def _result(x, dtype, arith):
+    """A new device array of ``x``'s shape for a kernel's output in ``dtype`` (``arith`` when
+    None, or when the kernels cannot write ``dtype``)."""
+    dtype = arith if dtype is None else np.dtype(dtype)
+    return _empty(x.shape, dtype if dtype.name in _WRITABLE else arith, x)
 
 
 def _is_bfloat16(dtype):
@@ -317,10 +332,10 @@ def normalize(x, rows_per_sample, groups, mean, var, epsilon, gamma, beta, r, d,
     """
     G, C = mean.shape
     inv_std = _empty((G, C), np.float64, x)
-    m_hi, a, b = (_empty((G, C), x.dtype, x) for _ in range(3))
+    m_hi, a, b = (_empty((G, C), _arith(x.dtype), x) for _ in range(3))
     _vector_launch(K.affine_coefficients, G * C, x)(mean, var, epsilon, gamma, beta, r, d,
                                                     adj_scale, adj_bias, inv_std, m_hi, a, b)
-    return _deliver(_affine(x, rows_per_sample, groups, m_hi, a, b, out), dtype), inv_std
+    return _affine(x, rows_per_sample, groups, m_hi, a, b, out, dtype), inv_std
 
 
 def _deliver(y, dtype):
@@ -335,14 +350,14 @@ def _elementwise_grid(x):
     return (max(1, min(-(-I // K.T), 64)), max(1, min(R * C, MAX_GRID_Y))), K.T
 
 
-def _affine(x, rows_per_sample, groups, m, a, b, out):
-    out = _empty(x.shape, x.dtype, x) if out is None else out
-    if x.size == 0:
-        return out
-    grid, block = _elementwise_grid(x)
-    kernel = K.affine_rows if x.ndim == 2 else K.affine_planes
-    kernel[grid, block, _stream(x)](x, rows_per_sample, groups, m, a, b, out)
-    return out
+def _affine(x, rows_per_sample, groups, m, a, b, out, dtype=None):
+    """``(x - m) * a + b`` per (group, feature) into ``out`` or a new array of ``dtype``."""
+    out = _result(x, dtype, m.dtype) if out is None else out
+    if x.size:
+        grid, block = _elementwise_grid(x)
+        kernel = K.affine_rows if x.ndim == 2 else K.affine_planes
+        kernel[grid, block, _stream(x)](x, rows_per_sample, groups, m, a, b, out)
+    return _deliver(out, dtype)
 
 
 def grad_sums(x, dy, rows_per_sample, groups, m_hi):
@@ -379,21 +394,21 @@ def backward(x, dy, rows_per_sample, groups, mean, inv_std, count, training, gam
     ``dtype`` as in :func:`normalize`.
     """
     G, C = mean.shape
-    m_hi = _empty((G, C), x.dtype, x)
+    arith = _arith(x.dtype)
+    m_hi = _empty((G, C), arith, x)
     _vector_launch(K.cast, G * C, x)(mean.reshape(-1), m_hi.reshape(-1))
     sum_dy, sum_dyxc = grad_sums(x, dy, rows_per_sample, groups, m_hi)
     if reduce_sums is not None:
         sum_dy, sum_dyxc = reduce_sums(sum_dy, sum_dyxc)
-    dy_mean, k_dy, k_xc, k_0 = (_empty((G, C), x.dtype, x) for _ in range(4))
+    dy_mean, k_dy, k_xc, k_0 = (_empty((G, C), arith, x) for _ in range(4))
     dgamma = _empty(C, np.float64, x)
     dbeta = _empty(C, np.float64, x)
     _vector_launch(K.grad_coefficients, C, x)(sum_dy, sum_dyxc, mean, inv_std, float(count),
                                               training, gamma, r, d, adj_scale, adj_bias, m_hi,
                                               dy_mean, k_dy, k_xc, k_0, dgamma, dbeta)
     if not training:                     # dx = dy * k: the affine pass with m = b = 0
-        dx = _affine(dy, rows_per_sample, groups, k_xc, k_dy, k_0, out)
-        return _deliver(dx, dtype), dgamma, dbeta
-    dx = _empty(x.shape, x.dtype, x) if out is None else out
+        return _affine(dy, rows_per_sample, groups, k_xc, k_dy, k_0, out, dtype), dgamma, dbeta
+    dx = _result(x, dtype, arith) if out is None else out
     if x.size == 0:
         return _deliver(dx, dtype), dgamma, dbeta
     grid, block = _elementwise_grid(x)
