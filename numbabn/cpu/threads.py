@@ -72,8 +72,3 @@ def _exclusive(kernel, args):
     if _layer is None:
         _layer = _known_layer()
     return result
-
-
-def parallel_enabled():
-    """Whether kernels may use the thread pool in this process."""
-    return _parallel

@@ -282,7 +282,10 @@ def moments(x, rows_per_sample, groups):
             x, rows_per_sample, groups, span, p_n, p_mean, p_m2)
     else:
         p_n, p_mean, p_m2 = _planes_partials(K.unit_moments_planes, x, rows_per_sample, groups)
-    return _merged_moments(p_n, p_mean, p_m2, groups, x)
+    mean, var = _merged_moments(p_n, p_mean, p_m2, groups, x)
+    kernel = K.nan_means_as_sums_rows if x.ndim == 2 else K.nan_means_as_sums_planes
+    _vector_launch(kernel, groups * C, x)(x, rows_per_sample, mean)
+    return mean, var
 
 
 def _planes_partials(kernel, x, *args):
@@ -557,4 +560,6 @@ def masked_moments(x, w):
     else:
         p_n, p_mean, p_m2 = _planes_partials(K.masked_unit_moments_planes, x, w)
     mean, var = _merged_moments(p_n, p_mean, p_m2, 1, x)
+    kernel = K.masked_nan_means_as_sums_rows if x.ndim == 2 else K.masked_nan_means_as_sums_planes
+    _vector_launch(kernel, C, x)(x, w, mean)
     return mean, var, count
