@@ -64,8 +64,19 @@ def _workspace(role, dtype, *shapes):
     return found
 
 
+# dtype.name costs microseconds (NumPy builds it on each access): test kind and size first
+
+
+def _is_float16(dtype):
+    return dtype.kind == "f" and dtype.itemsize == 2
+
+
+def _is_bfloat16(dtype):
+    return dtype.kind == "V" and dtype.name == "bfloat16"
+
+
 def _is_half(dtype):
-    return dtype == np.float16 or dtype.name == "bfloat16"
+    return _is_float16(dtype) or _is_bfloat16(dtype)
 
 
 def _arith(dtype):
@@ -75,24 +86,23 @@ def _arith(dtype):
 
 def _raw(a):
     """``a`` as the kernels take it: float16 as uint16, bfloat16 as int16 (see ``kernels``)."""
-    if a.dtype == np.float16:
+    dtype = a.dtype
+    if dtype.itemsize != 2:              # the common case, decided in a few attribute reads
+        return a
+    if dtype.kind == "f":
         return a.view(np.uint16)
-    if a.dtype.name == "bfloat16":
+    if _is_bfloat16(dtype):
         return a.view(np.int16)
     return a
 
 
-# the dtypes kernels write directly (native byte order); others are written in the arithmetic
-# dtype and cast
-_WRITABLE = ("float16", "bfloat16", "float32", "float64")
-
-
 def _result(shape, dtype, arith):
-    """A new array for a kernel's output in ``dtype`` (``arith`` when None)."""
+    """A new array for a kernel's output in ``dtype`` (``arith`` when None). The kernels write
+    float16, bfloat16, float32 and float64 of native byte order; other dtypes are written in the
+    arithmetic dtype (and cast by the caller)."""
     dtype = arith if dtype is None else np.dtype(dtype)
-    if dtype.name in _WRITABLE and dtype.isnative:
-        return np.empty(shape, dtype)
-    return np.empty(shape, arith)
+    writable = (dtype.kind == "f" and dtype.itemsize in (2, 4, 8)) or _is_bfloat16(dtype)
+    return np.empty(shape, dtype if writable and dtype.isnative else arith)
 
 
 def _pick(kernel, size):
@@ -112,7 +122,7 @@ def _row_block(rows, channels, target):
 def moments(x, rows_per_sample, groups):
     """Mean and biased variance per (group, feature), float64 ``(groups, C)``."""
     mean, var = _shifted_moments(x, rows_per_sample, groups)
-    if x.size and np.isnan(mean).any():
+    if x.size and kernels.any_nan(mean):
         samples = x.shape[0] // rows_per_sample
         per_sample = x.reshape((samples, rows_per_sample) + x.shape[1:])
         _sum_means(mean, lambda g, c: per_sample[g::groups, :, c])
@@ -510,7 +520,7 @@ def masked_moments(x, w):
         mean.fill(np.nan)
         m2.fill(np.nan)
         return mean, m2, 0
-    if np.isnan(mean).any():
+    if kernels.any_nan(mean):
         kept = w.astype(bool)
         _sum_means(mean, (lambda g, c: values[kept, c]) if values.ndim == 2
                    else (lambda g, c: values[:, c, :][kept]))

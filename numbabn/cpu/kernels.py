@@ -417,6 +417,15 @@ def masked_unit_moments_planes(x, w, chunk, u_n, u_mean, u_m2):
 
 
 @njit(**_SEQ)
+def any_nan(a):
+    """Whether the 2-d ``a`` holds a NaN (a compiled loop: cheaper than NumPy on small arrays)."""
+    for v in a.ravel():
+        if v != v:
+            return True
+    return False
+
+
+@njit(**_SEQ)
 def merge_counted_moments(u_n, u_mean, u_m2, mean, m2):
     """Chan-merge units of unequal counts in unit order into ``mean[0]``, ``m2[0]`` (M2, not yet
     divided by the count); returns the total count."""

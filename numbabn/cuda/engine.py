@@ -161,19 +161,17 @@ def _arith(dtype):
     return np.dtype(np.float32) if dtype == np.float16 else np.dtype(dtype)
 
 
-# the dtypes kernels write directly; others are written in the arithmetic dtype and cast
-_WRITABLE = ("float16", "float32", "float64")
-
-
 def _result(x, dtype, arith):
     """A new device array of ``x``'s shape for a kernel's output in ``dtype`` (``arith`` when
-    None, or when the kernels cannot write ``dtype``)."""
+    None, or when the kernels cannot write ``dtype``: they write float16, float32, float64)."""
     dtype = arith if dtype is None else np.dtype(dtype)
-    return _empty(x.shape, dtype if dtype.name in _WRITABLE else arith, x)
+    writable = dtype.kind == "f" and dtype.itemsize in (2, 4, 8) and dtype.isnative
+    return _empty(x.shape, dtype if writable else arith, x)
 
 
 def _is_bfloat16(dtype):
-    return np.dtype(dtype).name == "bfloat16"
+    dtype = np.dtype(dtype)
+    return dtype.kind == "V" and dtype.name == "bfloat16"   # .name is slow: kind first
 
 
 def _gathered(x, layout, dtype):
