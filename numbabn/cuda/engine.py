@@ -281,8 +281,8 @@ def moments(x, rows_per_sample, groups):
     else:
         p_n, p_mean, p_m2 = _planes_partials(K.unit_moments_planes, x, rows_per_sample, groups)
     mean, var = _merged_moments(p_n, p_mean, p_m2, groups, x)
-    kernel = K.nan_means_as_sums_rows if x.ndim == 2 else K.nan_means_as_sums_planes
-    _vector_launch(kernel, groups * C, x)(x, rows_per_sample, mean)
+    x3 = x.reshape(x.shape + (1,)) if x.ndim == 2 else x     # rows as planes of one value
+    _vector_launch(K.nan_means_as_sums, groups * C, x)(x3, rows_per_sample, mean)
     return mean, var
 
 
@@ -558,6 +558,7 @@ def masked_moments(x, w):
     else:
         p_n, p_mean, p_m2 = _planes_partials(K.masked_unit_moments_planes, x, w)
     mean, var = _merged_moments(p_n, p_mean, p_m2, 1, x)
-    kernel = K.masked_nan_means_as_sums_rows if x.ndim == 2 else K.masked_nan_means_as_sums_planes
-    _vector_launch(kernel, C, x)(x, w, mean)
+    if x.ndim == 2:                      # rows as planes of one value
+        x, w = x.reshape(x.shape + (1,)), w.reshape(w.shape + (1,))
+    _vector_launch(K.masked_nan_means_as_sums, C, x)(x, w, mean)
     return mean, var, count

@@ -274,27 +274,14 @@ def merge_moments(p_n, p_mean, p_m2, mean, var):
 # Shifted sums and the Chan merge meet inf - inf as soon as a feature holds an infinity, so its
 # mean comes out NaN; TensorFlow's plain sum gives +-inf when the infinities have one sign and
 # there is no NaN. These kernels redo such means as sums; one thread per (group, feature), which
-# returns at once where the mean is a number: nearly free on finite data.
+# returns at once where the mean is a number: nearly free on finite data. Rows x[R, C] come as
+# planes x[R, C, 1] (and their weights w[R] as w[R, 1]).
 
 
 @cuda.jit
-def nan_means_as_sums_rows(x, rows_per_sample, mean):
-    """Where ``mean[g, c]`` is NaN: the plain mean of group ``g``'s rows of feature ``c``."""
-    G, C = mean.shape
-    rows = x.shape[0] // G
-    for t in range(cuda.grid(1), G * C, cuda.gridsize(1)):
-        g = t // C
-        c = t - g * C
-        if mean[g, c] != mean[g, c]:
-            total = 0.0
-            for k in range(rows):
-                total += float64(x[_group_row(k, g, G, rows_per_sample), c])
-            mean[g, c] = total / rows
-
-
-@cuda.jit
-def nan_means_as_sums_planes(x, rows_per_sample, mean):
-    """:func:`nan_means_as_sums_rows` on planes ``x[R, C, I]``."""
+def nan_means_as_sums(x, rows_per_sample, mean):
+    """Where ``mean[g, c]`` is NaN: the plain mean of feature ``c`` over group ``g``'s rows of
+    ``x[R, C, I]``."""
     G, C = mean.shape
     rows = x.shape[0] // G
     I = x.shape[2]
@@ -311,23 +298,8 @@ def nan_means_as_sums_planes(x, rows_per_sample, mean):
 
 
 @cuda.jit
-def masked_nan_means_as_sums_rows(x, w, mean):
-    """:func:`nan_means_as_sums_rows` over the rows ``r`` with ``w[r]`` true (one group)."""
-    C = mean.shape[1]
-    for c in range(cuda.grid(1), C, cuda.gridsize(1)):
-        if mean[0, c] != mean[0, c]:
-            total = 0.0
-            n = 0.0
-            for r in range(x.shape[0]):
-                if w[r]:
-                    total += float64(x[r, c])
-                    n += 1.0
-            mean[0, c] = total / n
-
-
-@cuda.jit
-def masked_nan_means_as_sums_planes(x, w, mean):
-    """:func:`nan_means_as_sums_planes` over the positions where ``w[r, i]`` is true."""
+def masked_nan_means_as_sums(x, w, mean):
+    """:func:`nan_means_as_sums` over the positions where ``w[r, i]`` is true (one group)."""
     C = mean.shape[1]
     for c in range(cuda.grid(1), C, cuda.gridsize(1)):
         if mean[0, c] != mean[0, c]:
