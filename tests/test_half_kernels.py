@@ -117,17 +117,12 @@ CASES = {
 }
 
 
-@pytest.mark.parametrize("half", HALVES, ids=lambda d: d.name)
-@pytest.mark.parametrize("case", list(CASES))
-def test_functional_half_equals_float32_route_bitwise(half, case, rng):
-    spec = dict(CASES[case])
-    shape = spec.pop("shape")
-    x = rng.normal(3.0, 2.0, size=shape).astype(half)
-    dy = rng.normal(size=shape).astype(half)
-    C = [shape[a] for a in np.atleast_1d(spec["axis"])]
-    gamma, beta = rng.uniform(0.5, 1.5, C), rng.normal(size=C)
-    y, cache = F.batch_norm_train(x, gamma, beta, **spec)
-    y32, cache32 = F.batch_norm_train(x.astype(np.float32), gamma, beta, **spec)
+def _assert_half_equals_float32_route(forward, x, dy):
+    """``forward(x) -> (y, cache)`` on half ``x`` and the backward through it with half ``dy``
+    give bitwise the results of the same calls on float32 copies, rounded to the half type."""
+    half = x.dtype
+    y, cache = forward(x)
+    y32, cache32 = forward(x.astype(np.float32))
     assert y.dtype == half
     assert _bits(y).tobytes() == _bits(y32.astype(half)).tobytes()
     np.testing.assert_array_equal(cache.mean, cache32.mean)
@@ -141,19 +136,26 @@ def test_functional_half_equals_float32_route_bitwise(half, case, rng):
 
 
 @pytest.mark.parametrize("half", HALVES, ids=lambda d: d.name)
+@pytest.mark.parametrize("case", list(CASES))
+def test_functional_half_equals_float32_route_bitwise(half, case, rng):
+    spec = dict(CASES[case])
+    shape = spec.pop("shape")
+    x = rng.normal(3.0, 2.0, size=shape).astype(half)
+    dy = rng.normal(size=shape).astype(half)
+    C = [shape[a] for a in np.atleast_1d(spec["axis"])]
+    gamma, beta = rng.uniform(0.5, 1.5, C), rng.normal(size=C)
+    _assert_half_equals_float32_route(lambda v: F.batch_norm_train(v, gamma, beta, **spec), x, dy)
+
+
+@pytest.mark.parametrize("half", HALVES, ids=lambda d: d.name)
 @pytest.mark.parametrize("shape, axis, mask_shape", [((512, 9, 6), -1, (512, 9)),
                                                      ((8, 6, 70, 3), 1, (8, 1, 70, 3))])
 def test_masked_half_equals_float32_route_bitwise(half, shape, axis, mask_shape, rng):
     x = rng.normal(1.0, 3.0, size=shape).astype(half)
     dy = rng.normal(size=shape).astype(half)
     mask = rng.random(mask_shape) < 0.7
-    y, cache = F.batch_norm_train(x, axis=axis, mask=mask)
-    y32, cache32 = F.batch_norm_train(x.astype(np.float32), axis=axis, mask=mask)
-    assert _bits(y).tobytes() == _bits(y32.astype(half)).tobytes()
-    dx, dgamma, _ = F.batch_norm_backward(dy, cache)
-    dx32, dgamma32, _ = F.batch_norm_backward(dy.astype(np.float32), cache32)
-    assert _bits(dx).tobytes() == _bits(dx32.astype(half)).tobytes()
-    np.testing.assert_array_equal(dgamma, dgamma32)
+    _assert_half_equals_float32_route(lambda v: F.batch_norm_train(v, axis=axis, mask=mask),
+                                      x, dy)
 
 
 @pytest.mark.parametrize("half", HALVES, ids=lambda d: d.name)
@@ -162,13 +164,7 @@ def test_inference_half_equals_float32_route_bitwise(half, rng):
     dy = rng.normal(size=x.shape).astype(half)
     stats = dict(mean=rng.normal(size=70), variance=rng.uniform(0.5, 2.0, 70),
                  gamma=rng.normal(size=70), beta=rng.normal(size=70))
-    y, cache = F.batch_norm_infer(x, **stats)
-    y32, cache32 = F.batch_norm_infer(x.astype(np.float32), **stats)
-    assert _bits(y).tobytes() == _bits(y32.astype(half)).tobytes()
-    dx, dgamma, _ = F.batch_norm_backward(dy, cache)
-    dx32, dgamma32, _ = F.batch_norm_backward(dy.astype(np.float32), cache32)
-    assert _bits(dx).tobytes() == _bits(dx32.astype(half)).tobytes()
-    np.testing.assert_array_equal(dgamma, dgamma32)
+    _assert_half_equals_float32_route(lambda v: F.batch_norm_infer(v, **stats), x, dy)
 
 
 @pytest.mark.parametrize("half", HALVES, ids=lambda d: d.name)
