@@ -311,6 +311,7 @@ def simulator_shared_arrays_locked():
                 res = allocations[caller] = np.empty(shape, dtype)
         return res
 
+    array.locked = True                  # tests assert the lock is in place for their session
     FakeCUDAShared.array = array
     try:
         yield

@@ -116,23 +116,3 @@ def rng():
 def pytest_report_header(config):
     import numba
     return f"numba {numba.__version__}, NUMBA_NUM_THREADS={numba.config.NUMBA_NUM_THREADS}"
-
-
-def pytest_collection_modifyitems(config, items):
-    """On the CUDA simulator, a CUDA-engine test that fails is run once more (and reported as a
-    rerun).
-
-    In full-suite runs the simulator gave a wrong reduction about once in five runs (a golden
-    replay, a layer comparison), never in isolation nor in 600 stress iterations of the same
-    cases; the kernels have no atomics and uniform barriers, and a real GPU runs them without
-    the simulator's thread emulation. A deterministic failure still fails twice.
-    """
-    if not SIMULATOR:
-        return
-    for item in items:
-        spec = getattr(item, "callspec", None)
-        module = getattr(getattr(item, "module", None), "__name__", "")   # doctests have none
-        on_device = (module in ("test_cuda", "test_selftest")
-                     or (spec is not None and str(spec.params.get("backend")) == "cuda"))
-        if on_device:
-            item.add_marker(pytest.mark.flaky(reruns=1))

@@ -44,6 +44,14 @@ def sorted_axes(axis, ndim):
     return tuple(sorted(a % ndim for a in axis))
 
 
+@pytest.mark.skipif(not SIMULATOR, reason="the lock is for Numba's CUDA simulator")
+def test_the_simulator_lock_holds_for_the_whole_session():
+    import gc
+    import simulator_fix
+    gc.collect()                  # a lock held by nothing would be gone after a collection
+    assert simulator_fix.installed()
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("shape, axis, vbs", PROBLEMS)
 def test_training_forward_and_backward_match_reference(shape, axis, vbs, dtype, rng):
