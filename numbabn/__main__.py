@@ -16,6 +16,7 @@ COMMANDS = {
     "demo": ("numbabn.demo",
              "train a small MLP on handwritten digits with and without batch normalization"),
     "bench": ("numbabn.bench", "time the layer against a memory roofline, NumPy, PyTorch, TF"),
+    "loop": ("numbabn.loopbench", "time training steps of NumPy networks, against PyTorch eager"),
     "selftest": ("numbabn.selftest", "check the CUDA engine on this GPU, time it against cuDNN"),
 }
 

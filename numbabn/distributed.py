@@ -207,7 +207,10 @@ class Synchronizer:
         Returns
         -------
         mean, variance : array
-            float64 ``(C,)``: the averages over all groups of all ranks.
+            float64 ``(C,)``: the averages over all groups of all ranks (NaN when no rank has
+            a group).
+        groups : int
+            The number of groups over all ranks.
 
         Examples
         --------
@@ -219,16 +222,17 @@ class Synchronizer:
         ...     def Get_rank(self): return 0
         ...     def Allgather(self, send, recv): recv[0] = send
         >>> groups_mean, groups_var = np.array([[1.0], [3.0]]), np.array([[2.0], [4.0]])
-        >>> mean, var = Synchronizer(Alone()).group_average(cpu, groups_mean, groups_var)
-        >>> mean.tolist(), var.tolist()
-        ([2.0], [3.0])
+        >>> mean, var, groups = Synchronizer(Alone()).group_average(cpu, groups_mean, groups_var)
+        >>> mean.tolist(), var.tolist(), groups
+        ([2.0], [3.0], 2)
         """
         G, C = mean.shape
         batch_mean, batch_var = eng.group_average(mean, var)
         weights = eng.to_device(np.full(C, float(G)), mean)
         gathered = self.allgather(eng, eng.stack([weights, batch_mean, batch_var]))
         average = eng.weighted_average(gathered)
-        return average[0], average[1]
+        groups = int(eng.to_host(gathered)[:, 0, 0].sum()) if C else 0
+        return average[0], average[1], groups
 
     def sums(self, eng, *arrays):
         """Sum each array over ranks, in rank order (the same bits on every rank).

@@ -143,7 +143,7 @@ def _identity(a):
     return a
 
 
-def _prepare(x, axis, virtual_batch_size=None):
+def _prepare(x, axis, virtual_batch_size=None, allow_empty=False):
     """Validate ``x`` and ``axis``. Returns the canonical compute-dtype input, its layout, its
     device, the dtype results are returned in (``x``'s, native, when floating; float32
     otherwise) and the function that turns engine arrays into ``x``'s kind."""
@@ -154,7 +154,8 @@ def _prepare(x, axis, virtual_batch_size=None):
     virtual_batch_size = _validate.check_virtual_batch_size(virtual_batch_size)
     if virtual_batch_size is not None:
         _validate.check_ghost_axes(axes, list(axes))
-        _validate.check_ghost_batch(virtual_batch_size, x.shape)
+        if not (allow_empty and x.shape and x.shape[0] == 0):
+            _validate.check_ghost_batch(virtual_batch_size, x.shape)
     layout = Layout(x.shape, axes, virtual_batch_size)
     eng = _dispatch.engine(device)
     x, wrap = eng.adopt(x)
@@ -398,9 +399,10 @@ def batch_norm_train(x, gamma=None, beta=None, *, axis=-1, epsilon=1e-3, virtual
     Raises
     ------
     ValueError
-        Bad ``axis``, an empty batch, a ``virtual_batch_size`` that does not divide the batch,
-        per-feature arguments of the wrong size, a negative ``epsilon``, or a mask of the wrong
-        shape, with no true value, or with ``virtual_batch_size``.
+        Bad ``axis``, a ``virtual_batch_size`` that does not divide the batch, per-feature
+        arguments of the wrong size, a negative ``epsilon``, or a mask of the wrong shape, with
+        no true value, or with ``virtual_batch_size``. (An empty batch gives an empty ``y``,
+        NaN statistics in the cache, and zero ``dgamma``/``dbeta`` in the backward pass.)
     TypeError
         Non-numeric input or mask, or arrays on different devices.
 
@@ -421,9 +423,8 @@ def batch_norm_train(x, gamma=None, beta=None, *, axis=-1, epsilon=1e-3, virtual
     >>> bool(np.allclose(cache.mean, seq[:, :3].mean(axis=(0, 1))))
     True
     """
-    xc, layout, device, dtype_in, wrap = _prepare(x, axis, virtual_batch_size)
+    xc, layout, device, dtype_in, wrap = _prepare(x, axis, virtual_batch_size, allow_empty=True)
     epsilon = _validate.check_epsilon(epsilon)
-    _check_not_empty(layout)
     eng = _dispatch.engine(device)
     weights = None
     if mask is not None:
@@ -578,6 +579,10 @@ def backward(dy, cache, out=None, dtype=None):
         cache._d, cache._adj_scale, cache._adj_bias, out=_canonical_out(out, layout),
         reduce_sums=cache.reduce_sums if cache.training else None,
         weights=cache.weights if cache.training else None, dtype=dtype)
+    if cache.training and cache.count == 0:
+        # an empty batch: zero sums met NaN statistics; nothing flows back
+        dgamma = eng.copy(eng.constant(layout.channels, 0.0, like=dgamma))
+        dbeta = eng.copy(dgamma)
     return _result(eng, dx, out, layout), dgamma, dbeta
 
 

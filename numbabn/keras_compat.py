@@ -778,6 +778,10 @@ class Regularizer(_Configurable):
     def __call__(self, x):
         return 0.0
 
+    def gradient(self, x):
+        """The gradient of the penalty with respect to ``x``, float64, ``x``'s shape."""
+        return np.zeros(np.shape(x))
+
 
 def _check_penalty(owner, name, value, default):
     if value is None:
@@ -808,6 +812,10 @@ class L1(Regularizer):
         with np.errstate(invalid="ignore"):  # 0 * inf -> nan, as in Keras
             return float(self.l1 * np.sum(np.abs(_as_float64(x))))
 
+    def gradient(self, x):
+        """``l1 * sign(x)``: zero at zero, as TensorFlow differentiates ``abs``."""
+        return self.l1 * np.sign(_as_float64(x))
+
 
 class L2(Regularizer):
     """L2 penalty ``l2 * sum(w ** 2)`` (``"l2"``).
@@ -831,6 +839,10 @@ class L2(Regularizer):
         """Return the penalty of ``x`` as a Python float."""
         with np.errstate(invalid="ignore"):  # 0 * inf -> nan, as in Keras
             return float(self.l2 * np.sum(np.square(_as_float64(x))))
+
+    def gradient(self, x):
+        """``2 * l2 * x``."""
+        return 2.0 * self.l2 * _as_float64(x)
 
 
 class L1L2(Regularizer):
@@ -864,6 +876,17 @@ class L1L2(Regularizer):
         if self.l2:
             total += self.l2 * np.sum(np.square(x))
         return float(total)
+
+    def gradient(self, x):
+        """``l1 * sign(x) + 2 * l2 * x`` (a zero factor's term is left out, as in the
+        penalty)."""
+        x = _as_float64(x)
+        total = np.zeros(x.shape)
+        if self.l1:
+            total += self.l1 * np.sign(x)
+        if self.l2:
+            total += 2.0 * self.l2 * x
+        return total
 
 
 # --------------------------------------------------------------------------

@@ -429,7 +429,15 @@ class BatchNormalization:
     ----------
     grads : dict
         The parameter gradients of the last :meth:`backward` call: ``"gamma"`` and ``"beta"``
-        (for those that exist and are trainable), arrays of the input's kind.
+        (for those that exist and are trainable), arrays of the input's kind. A training call
+        empties it: that call's gradients come with its :meth:`backward`.
+    fused : bool
+        Whether the fused path is taken, as in the V1 class: ``True`` after construction
+        unless ``fused=False`` was given; once built, whether the input takes the fused path
+        (4-D/5-D input with the channel axis 1 or last, no renorm, ghost batches or
+        adjustment, not float64).
+    supports_masking : bool
+        ``True``: calls take a ``mask``.
     built : bool
         Whether the weights exist (after :meth:`build` or the first call).
     name : str
@@ -472,6 +480,9 @@ class BatchNormalization:
 
     # A fresh multi-megabyte output costs a page fault per page; see numbabn/_buffers.py.
     reuse_outputs = True
+    # Keras' flag: the layer takes a `mask` argument (it is not passed on: a layer returns no
+    # mask of its own)
+    supports_masking = True
 
     def __init__(self, axis=-1, momentum=0.99, epsilon=1e-3, center=True, scale=True,
                  beta_initializer="zeros", gamma_initializer="ones",
@@ -516,7 +527,9 @@ class BatchNormalization:
         if fused is not None and not isinstance(fused, (bool, np.bool_)):
             raise TypeError(f"`fused` must be None, True or False. "
                             f"{_validate.received('fused', fused)}")
-        self.fused = None if fused is None else bool(fused)
+        # V1 reads None as True; `build` resolves it to the path actually taken
+        self._fused_arg = None if fused is None else bool(fused)
+        self.fused = self._fused_arg is not False
         self._trainable = _validate.check_bool(trainable, "trainable")
         virtual_batch_size = _validate.check_virtual_batch_size(virtual_batch_size)
         if virtual_batch_size is not None:
@@ -614,9 +627,9 @@ class BatchNormalization:
     @trainable.setter
     def trainable(self, value):
         self._trainable = _validate.check_bool(value, "trainable")
-        for v in self._variables.values():
-            if v.name.split("/")[-1] in ("gamma", "beta"):
-                v.trainable = self._trainable
+        for key in ("gamma", "beta"):
+            if key in self._variables:
+                self._variables[key].trainable = self._trainable
 
     def _resolve_axes(self, ndim):
         axes = _validate.resolve_axes(self.axis, ndim)
@@ -676,6 +689,7 @@ class BatchNormalization:
         self._param_shape = param_shape
         self._input_spec = (ndim, {a: shape[a] for a in axes})
         self._fused_path = self._takes_fused_path(ndim, axes)
+        self.fused = self._fused_path
         self._variables = {}
         for key, value in values.items():
             trainable = key in ("gamma", "beta") and self._trainable
@@ -694,6 +708,8 @@ class BatchNormalization:
         self._layouts.clear()
         self._valid_shapes.clear()
         self.axis = self._given_axis
+        self._fused_path = False
+        self.fused = self._fused_arg is not False
         self.built = False
 
     def _initial_values(self, shape):
@@ -723,7 +739,7 @@ class BatchNormalization:
 
     def _takes_fused_path(self, ndim, axes):
         """Whether the V1 Keras class would run its fused kernel (§3.4 of the semantics)."""
-        if self.fused is False or self.renorm or self.virtual_batch_size is not None:
+        if self._fused_arg is False or self.renorm or self.virtual_batch_size is not None:
             return False
         if self.adjustment is not None or self._compute_dtype == np.float64:
             return False
@@ -908,6 +924,57 @@ class BatchNormalization:
                 out.append(float(var.regularizer(var.value)))
         return out
 
+    @property
+    def loss_grads(self):
+        """Gradients of ``sum(losses)`` with respect to gamma and beta, at their current values.
+
+        What a NumPy training loop adds to ``grads`` to train on ``loss + sum(losses)`` (in
+        Keras the tape differentiates the regularization losses): a dict keyed like
+        ``grads``, for each trainable weight that has a regularizer, in the weight's dtype
+        and of the last input's kind; empty without regularizers or when the layer is frozen.
+
+        Raises
+        ------
+        TypeError
+            A regularizer that is a plain callable without a ``gradient(w)`` method (the
+            regularizers of ``numbabn.keras_compat`` all have one).
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> import numbabn
+        >>> layer = numbabn.BatchNormalization(gamma_regularizer="l2")
+        >>> layer.build((None, 2))
+        >>> [round(g, 6) for g in layer.loss_grads["gamma"].tolist()]    # 2 * 0.01 * gamma
+        [0.02, 0.02]
+        >>> x = np.random.default_rng(0).normal(size=(8, 2)).astype(np.float32)
+        >>> y = layer(x, training=True)
+        >>> dx = layer.backward(np.ones_like(y))
+        >>> step = {k: g + layer.loss_grads.get(k, 0.0) for k, g in layer.grads.items()}
+        >>> layer.gamma -= 0.1 * step["gamma"]          # SGD on loss + sum(layer.losses)
+        >>> layer.beta -= 0.1 * step["beta"]
+        """
+        out = {}
+        if not self._trainable:
+            return out
+        for key in ("gamma", "beta"):
+            var = self._variables.get(key)
+            if var is None or var.regularizer is None:
+                continue
+            gradient = getattr(var.regularizer, "gradient", None)
+            if gradient is None:
+                raise TypeError(
+                    f"`{key}_regularizer` has no gradient: give the callable a `gradient(w)` "
+                    f"method returning d penalty / d w, or use a Keras identifier such as 'l2'. "
+                    f"{_validate.received(f'{key}_regularizer', var.regularizer)}")
+            out[key] = np.asarray(gradient(var.value), np.float64).astype(self._param_dtype)
+        if out and self._cache is not None:
+            cache = self._cache[0]
+            if cache.device != _dispatch.CPU:
+                eng = _dispatch.engine(cache.device)
+                out = {k: cache.wrap(eng.to_device(v)) for k, v in out.items()}
+        return out
+
     def apply_constraints(self):
         """Project gamma and beta with their constraints, as a Keras optimizer does per step.
 
@@ -973,9 +1040,10 @@ class BatchNormalization:
             ``mask``.
         ValueError
             An input the layer cannot take (another rank or feature size than the one it was
-            built for, a bad ``axis``), an empty batch in training, a batch that
-            ``virtual_batch_size`` does not divide, or a mask of the wrong shape or with no
-            true value. No state changes.
+            built for, a bad ``axis``), a batch that ``virtual_batch_size`` does not divide,
+            or a mask of the wrong shape or with no true value. No state changes. (An empty
+            batch in training is normalized to an empty output and changes no state; its
+            :meth:`backward` gives an empty ``dx`` and zero gradients.)
 
         Examples
         --------
@@ -1030,6 +1098,8 @@ class BatchNormalization:
         if commit is not None:
             commit()                     # state changes only once everything has succeeded
         self._cache = (cache, np.dtype(x.dtype).newbyteorder("="))
+        if training:
+            self.grads = {}              # this call's gradients come with its backward
         return y
 
     def _check_call(self, shape, training):
@@ -1037,14 +1107,9 @@ class BatchNormalization:
         if self.built:
             self._check_input_spec(shape)
         self._resolve_axes(len(shape))
-        if training:
-            # a synchronized layer's process may hold none of the batch (the others do)
-            if 0 in shape and not (self.synchronized and shape and shape[0] == 0):
-                raise ValueError(
-                    "Cannot compute batch statistics of an empty batch in training: the moving "
-                    f"statistics would become NaN. Received: inputs with shape {tuple(shape)}")
-            if self.virtual_batch_size is not None and not (self.synchronized and shape[0] == 0):
-                _validate.check_ghost_batch(self.virtual_batch_size, shape)
+        # an empty batch is normalized to an empty output and changes no state (PyTorch's rule)
+        if training and self.virtual_batch_size is not None and shape and shape[0]:
+            _validate.check_ghost_batch(self.virtual_batch_size, shape)
 
     def _check_training(self, training):
         if training is None:
@@ -1126,14 +1191,11 @@ class BatchNormalization:
             batch_mean, batch_var = eng.group_average(mean, var)
         elif self.virtual_batch_size is None:
             mean, var, count = self._sync.moments(eng, mean, var, count)
-            if count == 0:
-                raise ValueError("Cannot compute batch statistics of an empty batch in training: "
-                                 "every process of the synchronized layer received an empty "
-                                 f"batch. Received: inputs with shape {tuple(x.shape)}")
             batch_mean, batch_var = mean[0], var[0]
             reduce_sums = functools.partial(self._sync.sums, eng)   # the backward's collective
         else:                            # ghost groups stay within a process
-            batch_mean, batch_var = self._sync.group_average(eng, mean, var)
+            batch_mean, batch_var, groups = self._sync.group_average(eng, mean, var)
+            empty_everywhere = groups == 0
         C = layout.channels
         ones, zeros = eng.constant(C, 1.0), eng.constant(C, 0.0)
         r, d = (self._renorm_correction(eng, device, batch_mean, batch_var) if self.renorm
@@ -1146,6 +1208,9 @@ class BatchNormalization:
             zeros if beta is None else beta, r, d, adj_scale, adj_bias,
             out=self._output(layout, self._compute_dtype, "y", device), dtype=self._compute_dtype)
         cache.count, cache.reduce_sums, cache.weights = count, reduce_sums, weights
+        if count == 0 if self._sync is None or self.virtual_batch_size is None \
+                else empty_everywhere:
+            return y, cache, None        # an empty batch (on every process): no statistics
 
         def commit():
             self._update_statistics(eng, device, batch_mean, batch_var, count)

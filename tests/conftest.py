@@ -36,8 +36,9 @@ import pytest  # noqa: E402
 
 # The fixture generator needs TensorFlow, which the suite never imports; the PTX check runs in
 # its own process (tests/test_cuda.py), and the MPI scripts under mpiexec (test_distributed.py).
-collect_ignore = ["golden/generate.py", "golden/generate_keras3_masked.py", "ptx_compile.py",
-                  "mpi", "reliability", "simulator_fix.py"]
+collect_ignore = ["golden/generate.py", "golden/generate_keras3_masked.py",
+                  "golden/generate_sgd.py", "ptx_compile.py", "mpi", "reliability",
+                  "simulator_fix.py"]
 
 # Tolerances are data: one row per compute dtype, used by every comparison in the suite.
 # float32 results are compared with outputs of order 1; float64 with the float64 reference.

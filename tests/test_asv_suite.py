@@ -15,7 +15,7 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "asv_bench"))
 
 MODULES = ["benchmarks.layer", "benchmarks.functional", "benchmarks.startup", "benchmarks.cuda",
-           "benchmarks.half"]
+           "benchmarks.half", "benchmarks.loop"]
 PREFIXES = ("time_", "peakmem_", "track_", "timeraw_")
 
 

@@ -81,14 +81,18 @@ def test_config_and_argument_checks():
         numbabn.BatchNormalization(synchronized=True, comm=object())
 
 
-def test_an_empty_batch_on_every_process_is_refused_and_changes_nothing():
-    layer = numbabn.BatchNormalization(synchronized=True, comm=MPI.COMM_SELF)
-    layer(np.ones((4, 3), np.float32), training=True)
+@pytest.mark.parametrize("kwargs", [{}, dict(virtual_batch_size=2), dict(renorm=True)], ids=str)
+def test_an_empty_batch_on_every_process_changes_nothing(kwargs):
+    layer = numbabn.BatchNormalization(synchronized=True, comm=MPI.COMM_SELF, **kwargs)
+    layer(np.random.default_rng(0).normal(size=(4, 3)).astype(np.float32), training=True)
     before = layer.get_weights()
-    with pytest.raises(ValueError, match="every process"):
-        layer(np.ones((0, 3), np.float32), training=True)
+    y = layer(np.ones((0, 3), np.float32), training=True)
+    assert y.shape == (0, 3)
     for a, b in zip(layer.get_weights(), before):
         np.testing.assert_array_equal(a, b)
+    assert layer.backward(np.ones((0, 3), np.float32)).shape == (0, 3)
+    for grad in layer.grads.values():
+        np.testing.assert_array_equal(grad, 0.0)
 
 
 def test_data_parallel_example_follows_the_single_process_loss_curve():

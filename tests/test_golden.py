@@ -42,6 +42,7 @@ def test_replay(case, backend):
     data, config = load(case)
     layer = make_layer(data, config)
     layer.build(data["x0"].shape)
+    assert layer.fused == config["fused_after_build"]
     names = [w.name.split("/")[-1].split(":")[0] for w in layer.weights]
     assert names == config["weight_names"]
     initial = [data[f"init_w{i}"] for i in range(len(names))]

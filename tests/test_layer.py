@@ -350,3 +350,68 @@ def test_a_failed_first_call_leaves_the_layer_unbuilt(rng):
     layer.adjustment = lambda shape: (np.ones(shape[-1]), np.zeros(shape[-1]))
     y = layer(rng.normal(size=(8, 5)), training=True)                  # builds for C = 5 now
     assert y.shape == (8, 5) and layer.moving_mean.shape == (5,)
+
+
+# ------------------------------------------------------------------------------------------------
+# the training-loop API: trainable, fused, supports_masking, grads (values checked against tf_keras
+# 2.21's V1 class)
+
+BatchNormalization = numbabn.BatchNormalization
+
+
+def test_setting_trainable_moves_gamma_and_beta_between_the_weight_lists():
+    layer = BatchNormalization()
+    layer.build((None, 3))
+    names = lambda ws: [w.name.split("/")[-1] for w in ws]    # noqa: E731
+    assert names(layer.trainable_weights) == ["gamma:0", "beta:0"]
+    layer.trainable = False
+    assert names(layer.trainable_weights) == []
+    assert names(layer.non_trainable_weights) == ["gamma:0", "beta:0", "moving_mean:0",
+                                                   "moving_variance:0"]
+    layer.trainable = True
+    assert names(layer.trainable_weights) == ["gamma:0", "beta:0"]
+    assert names(layer.non_trainable_weights) == ["moving_mean:0", "moving_variance:0"]
+
+
+FUSED_AFTER_BUILD = [
+    ({}, (None, 3), False), ({}, (None, 5, 3), False), ({}, (None, 4, 4, 3), True),
+    (dict(axis=1), (None, 3, 4, 4), True), (dict(axis=2), (None, 4, 3, 4), False),
+    ({}, (None, 2, 4, 4, 3), True), (dict(renorm=True), (None, 4, 4, 3), False),
+    (dict(virtual_batch_size=2), (None, 4, 4, 3), False),
+    (dict(dtype="float64"), (None, 4, 4, 3), False),
+    (dict(fused=False), (None, 4, 4, 3), False), (dict(fused=True), (None, 3), False),
+    (dict(adjustment=lambda shape: (1.0, 0.0)), (None, 4, 4, 3), False),
+]
+
+
+@pytest.mark.parametrize("kwargs, shape, fused", FUSED_AFTER_BUILD, ids=str)
+def test_fused_follows_the_v1_class(kwargs, shape, fused):
+    layer = BatchNormalization(**kwargs)
+    assert layer.fused is (kwargs.get("fused") is not False)
+    layer.build(shape)
+    assert layer.fused is fused
+
+
+def test_a_failed_first_call_restores_fused():
+    layer = BatchNormalization(virtual_batch_size=4)
+    with pytest.raises(ValueError):
+        layer(np.ones((6, 4, 4, 3), np.float32), training=True)
+    assert not layer.built and layer.fused is True
+
+
+def test_supports_masking():
+    assert BatchNormalization().supports_masking is True
+
+
+def test_a_training_call_clears_the_previous_gradients(rng):
+    layer = BatchNormalization()
+    x = rng.normal(size=(8, 3)).astype(np.float32)
+    layer(x, training=True)
+    layer.backward(x)
+    assert sorted(layer.grads) == ["beta", "gamma"]
+    layer(x, training=False)                # inference keeps them (e.g. a look between steps)
+    assert sorted(layer.grads) == ["beta", "gamma"]
+    layer(x, training=True)
+    assert layer.grads == {}
+    layer.backward(x)
+    assert sorted(layer.grads) == ["beta", "gamma"]

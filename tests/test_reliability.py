@@ -24,18 +24,11 @@ from conftest import assert_close
 import numbabn
 from numbabn import functional as F
 from numbabn import reference as R
+from numbabn.cpu.threads import tbb_library_dir
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 SCRIPTS = ROOT / "tests" / "reliability"
 STRESS_SECONDS = float(os.environ.get("NUMBABN_STRESS_SECONDS", "30"))
-
-
-def _tbb_library_dir():
-    """The directory of a pip-installed TBB (``pip install tbb``), or None."""
-    for d in (pathlib.Path(sys.prefix) / "lib", pathlib.Path(sys.base_prefix) / "lib"):
-        if (d / "libtbb.so.12").exists():
-            return d
-    return None
 
 
 def _layer_env(layer):
@@ -43,7 +36,7 @@ def _layer_env(layer):
                PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
     env.pop("NUMBA_THREADING_LAYER", None)
     if layer == "tbb":
-        lib = _tbb_library_dir()
+        lib = tbb_library_dir()
         if lib is None:
             pytest.skip("TBB is not installed (pip install tbb)")
         # Numba finds libtbb only on the loader's path; a virtual environment's lib is not on it

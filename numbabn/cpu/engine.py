@@ -106,7 +106,7 @@ def _result(shape, dtype, arith):
 
 
 def _pick(kernel, size):
-    return kernel.serial if size < SERIAL_ELEMENTS else threads.runner(kernel)
+    return threads.pick(kernel, size, SERIAL_ELEMENTS)
 
 
 def _small_groups(x, rows_per_sample, groups):

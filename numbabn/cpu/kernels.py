@@ -37,8 +37,9 @@ from numba.extending import intrinsic, overload
 
 # Vectorizing a float reduction needs reassociation; nnan/ninf stay off so NaN propagates.
 _FASTMATH = {"reassoc", "contract", "arcp", "nsz"}
-_PAR = dict(parallel=True, cache=True, nogil=True, fastmath=_FASTMATH)
-_SEQ = dict(cache=True, nogil=True)
+# IEEE division (x / 0 is inf or NaN, as in TensorFlow), never a ZeroDivisionError from a kernel
+_PAR = dict(parallel=True, cache=True, nogil=True, fastmath=_FASTMATH, error_model="numpy")
+_SEQ = dict(cache=True, nogil=True, error_model="numpy")
 
 
 def _parallel_and_serial(fn):

@@ -18,9 +18,21 @@ numbabn works under all three, whichever Numba picked (or the user chose with
 
 Serial and parallel kernels split the work into the same units and merge them in the same order,
 so the fallbacks change the speed, never the results.
+
+Where the pool is allowed, whether a kernel runs on it is decided from measured cost
+(:class:`Choice`): a kernel site (kernel, problem size) times both twins where it is called and
+keeps the faster. Timed alone, a parallel kernel usually wins; timed inside a NumPy training loop,
+Numba's OpenMP workers and OpenBLAS's threads spin against each other on a small machine and the
+same parallel kernel can take 10x its serial twin (and slow the matrix products around it as much),
+so the site goes serial and the pools stop fighting. The choice is probed again now and then, and
+at once when the chosen twin gets much slower, so a process that moves from one regime to the
+other follows it. ``docs/performance.md`` ("Inside a training loop") has the numbers.
 """
+import collections
 import os
+import statistics
 import threading
+import time
 
 import numba
 
@@ -29,6 +41,21 @@ _THREAD_SAFE = ("tbb", "omp")
 _lock = threading.Lock()
 _layer = None              # the layer Numba chose, known after the first parallel kernel
 _parallel = True           # false in a forked child of a process that used GNU OpenMP
+
+
+def tbb_library_dir():
+    """The directory of a pip-installed TBB (``pip install tbb``), or None.
+
+    Numba loads TBB only from the loader's path, which a virtual environment's ``lib`` is not
+    on: a process started with this directory on ``LD_LIBRARY_PATH`` can use the tbb layer.
+    """
+    import sys
+    for prefix in (sys.prefix, sys.base_prefix):
+        for lib in ("lib", "lib64"):
+            path = os.path.join(prefix, lib)
+            if os.path.exists(os.path.join(path, "libtbb.so.12")):
+                return path
+    return None
 
 
 def _known_layer():
@@ -72,3 +99,133 @@ def _exclusive(kernel, args):
     if _layer is None:
         _layer = _known_layer()
     return result
+
+
+# ------------------------------------------------------------------------------------------------
+# serial or parallel, from measured cost
+
+POLICIES = ("auto", "parallel", "serial")
+_policy = "auto"
+
+
+def set_policy(policy):
+    """``"auto"`` (measured per kernel site), ``"parallel"`` or ``"serial"``; returns the old one.
+
+    Only benchmarks and tests force a policy: results are the same bits under each.
+    """
+    global _policy
+    if policy not in POLICIES:
+        raise ValueError(f"`policy` must be one of {POLICIES}. Received: policy={policy!r}")
+    old, _policy = _policy, policy
+    _sites.clear()
+    return old
+
+
+class Choice:
+    """The serial/parallel decision of one kernel site, from the times of its own calls.
+
+    * Warm-up: the first call of each twin is not counted (a cache load, first-touch page
+      faults), then the twins alternate until each has ``SAMPLES`` times; the faster median wins.
+    * Then the chosen twin runs, and every ``interval`` calls the other one is probed ``PROBES``
+      times: if it is faster now it takes over and the interval restarts at ``FIRST_INTERVAL``,
+      else the interval doubles up to ``LAST_INTERVAL`` (so a settled site spends a fraction of a
+      percent of its calls on probes).
+    * A call of the chosen parallel twin that takes more than ``JUMP`` times its median probes
+      the serial one at once: another pool (a BLAS's) started spinning beside it.
+    """
+
+    SAMPLES = 3
+    PROBES = 2
+    FIRST_INTERVAL = 16
+    LAST_INTERVAL = 1024
+    JUMP = 2.0
+
+    __slots__ = ("kernel", "parallel", "times", "warm", "countdown", "interval", "probing")
+
+    def __init__(self, kernel):
+        self.kernel = kernel
+        self.parallel = True            # the twin in use once the warm-up is over
+        self.times = {True: collections.deque(maxlen=self.SAMPLES),
+                      False: collections.deque(maxlen=self.SAMPLES)}
+        self.warm = {True: False, False: False}
+        self.countdown = None           # None while warming up
+        self.interval = self.FIRST_INTERVAL
+        self.probing = 0                # probe calls of the other twin still to make
+
+    def __call__(self, *args):
+        parallel = self._next()
+        run = runner(self.kernel) if parallel else self.kernel.serial
+        start = time.perf_counter()
+        result = run(*args)
+        self._record(parallel, time.perf_counter() - start)
+        return result
+
+    def _next(self):
+        if self.countdown is None:      # warming up: the twin with fewer counted times
+            for parallel in (True, False):
+                if not self.warm[parallel]:
+                    return parallel
+            return len(self.times[True]) <= len(self.times[False])
+        if self.probing:
+            return not self.parallel
+        return self.parallel
+
+    def _record(self, parallel, seconds):
+        if not self.warm[parallel]:
+            self.warm[parallel] = True
+            return
+        times = self.times[parallel]
+        if self.countdown is None:
+            times.append(seconds)
+            if len(self.times[True]) == len(self.times[False]) == self.SAMPLES:
+                self.parallel = self._faster()
+                self.countdown = self.interval
+            return
+        if parallel != self.parallel:   # a probe of the other twin
+            times.append(seconds)
+            self.probing -= 1
+            if not self.probing:
+                chosen = self._faster()
+                if chosen == self.parallel:
+                    self.interval = min(2 * self.interval, self.LAST_INTERVAL)
+                else:
+                    self.parallel = chosen
+                    self.interval = self.FIRST_INTERVAL
+                self.countdown = self.interval
+            return
+        # only a parallel twin can be caught in a fight; a slow serial call is just noise
+        jumped = parallel and times and seconds > self.JUMP * statistics.median(times)
+        times.append(seconds)
+        self.countdown -= 1
+        if jumped or self.countdown <= 0:
+            if jumped:
+                self.interval = self.FIRST_INTERVAL
+            self.times[not parallel].clear()
+            self.probing = self.PROBES
+
+    def _faster(self):
+        """Whether the parallel twin is the faster, by the medians of the kept times (a probe
+        keeps only its own fresh times for the probed twin)."""
+        return statistics.median(self.times[True]) < statistics.median(self.times[False])
+
+
+_sites = {}
+
+
+def pick(kernel, size, serial_below):
+    """The callable that runs ``kernel`` on a problem of ``size`` elements, serial below
+    ``serial_below`` elements (waking the pool costs more than the work there)."""
+    if size < serial_below or not _parallel:
+        return kernel.serial
+    policy = _policy
+    if policy == "auto":
+        if numba.get_num_threads() == 1:
+            return kernel.serial
+        key = (kernel, size)
+        site = _sites.get(key)
+        if site is None:
+            if len(_sites) > 4096:      # a process that sees endless new shapes
+                _sites.clear()
+            site = _sites[key] = Choice(kernel)
+        return site
+    return runner(kernel) if policy == "parallel" else kernel.serial

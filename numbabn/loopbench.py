@@ -1,0 +1,479 @@
+"""Batch norm where users run it: whole training steps of NumPy networks, against PyTorch eager.
+
+``python -m numbabn loop`` times one training step (forward, softmax cross-entropy, backward,
+SGD update) of the networks in :mod:`numbabn.nets`:
+
+* ``numbabn``: the NumPy network with numbabn's layer for every batch norm;
+* ``numpy``: the same network with a plain NumPy batch norm (what a NumPy user has otherwise);
+* ``torch``: the same network in PyTorch eager (``nn.Conv2d`` / ``nn.BatchNorm*`` /
+  ``nn.Linear``, channels-last memory format for NHWC, ``torch.optim.SGD``), when installed.
+
+All run on the same number of threads, in one process, round-robin: a sample is ``BLOCK``
+consecutive steps of one implementation (a loop, so every library's worker threads are in the
+state a training loop leaves them in), then the next implementation's block after a short idle
+gap. Each cell is the median over samples of the time per step; for the NumPy networks also the
+time spent inside batch normalization. Before timing, every implementation takes its first step
+from the same weights and data, and their losses must agree.
+
+Two more sections:
+
+* ``pairs``: a training step of the layer (forward + backward) alternating with one NumPy matrix
+  product, against the two timed apart, on two medium shapes: the cost of two thread pools
+  meeting (1.0 = no interference).
+* ``--variations``: the numbabn networks again in fresh processes under each threading set-up a
+  user could otherwise tune (passive OpenMP waiting, the workqueue and tbb layers, one Numba
+  thread) next to the default, so ``default / best`` says what is left to tune.
+"""
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+from . import nets
+from ._cli import ProgressBar, positive_int
+
+BLOCK = 5
+ROUNDS = 12
+QUICK_ROUNDS = 3
+WARMUP = 25
+GAP = 0.02
+PAIR_SHAPES = ((32, 16, 16, 64), (64, 8, 8, 32))
+PAIR_MATMUL = 256
+PAIR_CALLS = 200
+# Losses of the first step from the same weights agree to float32 rounding of a few thousand ops.
+LOSS_RTOL = 1e-4
+
+VARIATIONS = {
+    "default": {},
+    "passive": {"OMP_WAIT_POLICY": "PASSIVE"},
+    "workqueue": {"NUMBA_THREADING_LAYER": "workqueue"},
+    "tbb": {"NUMBA_THREADING_LAYER": "tbb"},
+    "1 thread": {"NUMBA_NUM_THREADS": "1"},
+}
+
+DESCRIPTION = """\
+Time whole training steps of small NumPy networks (an MLP and a residual CNN in NHWC and NCHW)
+with numbabn's batch norm, with a plain NumPy batch norm, and in PyTorch eager when installed,
+interleaved in one process on the same threads; then a layer step alternating with a NumPy
+matmul. --variations repeats the numbabn networks under other threading set-ups.
+PyTorch and matplotlib: pip install "numbabn[bench]".
+"""
+
+
+# ------------------------------------------------------------------------------------------------
+# implementations: each gives a step() -> loss for a network
+
+def numpy_step(name, norm):
+    net = nets.NETWORKS[name]["make"](norm)
+    x, labels = nets.make_batch(name)
+    return net, (lambda: net.step(x, labels))
+
+
+def torch_model(torch, net):
+    """The PyTorch twin of the NumPy network ``net``, with ``net``'s weights."""
+    nn = torch.nn
+
+    def linear(dense):
+        lin = nn.Linear(*dense.w.shape, bias=dense.b is not None)
+        with torch.no_grad():
+            lin.weight.copy_(torch.from_numpy(dense.w.T.copy()))
+            if dense.b is not None:
+                lin.bias.copy_(torch.from_numpy(dense.b))
+        return lin
+
+    def conv(c):
+        layer = nn.Conv2d(c.c_in, c.c_out, 3, stride=c.stride, padding=1, bias=False)
+        with torch.no_grad():
+            layer.weight.copy_(torch.from_numpy(c.kernel.transpose(3, 2, 0, 1).copy()))
+        return layer
+
+    def norm(kind, channels):
+        return kind(channels, eps=nets.EPSILON, momentum=1 - nets.MOMENTUM)
+
+    if isinstance(net, nets.MLP):
+        class MLP(nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.d1, self.bn1 = linear(net.d1), norm(nn.BatchNorm1d, net.d1.w.shape[1])
+                self.d2, self.bn2 = linear(net.d2), norm(nn.BatchNorm1d, net.d2.w.shape[1])
+                self.d3 = linear(net.d3)
+
+            def forward(self, x):
+                relu = torch.relu
+                return self.d3(relu(self.bn2(self.d2(relu(self.bn1(self.d1(x)))))))
+        return MLP()
+
+    class CNN(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv1, self.bn1 = conv(net.conv1), norm(nn.BatchNorm2d, net.conv1.c_out)
+            self.conv2, self.bn2 = conv(net.conv2), norm(nn.BatchNorm2d, net.conv2.c_out)
+            self.conv3, self.bn3 = conv(net.conv3), norm(nn.BatchNorm2d, net.conv3.c_out)
+            self.fc = linear(net.dense)
+
+        def forward(self, x):
+            h1 = torch.relu(self.bn1(self.conv1(x)))
+            h2 = torch.relu(self.bn2(self.conv2(h1)))
+            h3 = torch.relu(self.bn3(self.conv3(h2) + h2))
+            return self.fc(h3.mean(dim=(2, 3)))
+    return CNN()
+
+
+def torch_step(torch, name):
+    net, _ = numpy_step(name, "numpy")          # the weights every implementation starts from
+    model = torch_model(torch, net)
+    x, labels = nets.make_batch(name)
+    x = torch.from_numpy(x)
+    if name.endswith("nhwc"):                   # the same memory as logical NCHW, channels last
+        x = x.permute(0, 3, 1, 2)
+        model = model.to(memory_format=torch.channels_last)
+    labels = torch.from_numpy(labels)
+    opt = torch.optim.SGD(model.parameters(), lr=nets.LEARNING_RATE)
+    loss_fn = torch.nn.functional.cross_entropy
+
+    def step():
+        opt.zero_grad(set_to_none=True)
+        loss = loss_fn(model(x), labels)
+        loss.backward()
+        opt.step()
+        return loss.item()
+    return step
+
+
+def import_torch():
+    try:
+        import torch
+    except Exception as err:                    # ImportError, or a broken installation
+        return None, f"PyTorch not importable ({type(err).__name__}: {err})"
+    return torch, None
+
+
+# ------------------------------------------------------------------------------------------------
+# timing
+
+def time_networks(names, impls, rounds, threads, progress=None):
+    """Per network and implementation: medians of ms per step and of ms inside batch norm."""
+    torch = None
+    notes = []
+    if "torch" in impls:
+        torch, why = import_torch()
+        if torch is None:
+            notes.append(why)
+            impls = [i for i in impls if i != "torch"]
+        else:
+            torch.set_num_threads(threads)
+    results = {}
+    total = len(names) * rounds * len(impls)
+    done = 0
+    for name in names:
+        steps, bns = {}, {}
+        for impl in impls:
+            if impl == "torch":
+                steps[impl] = torch_step(torch, name)
+            else:
+                bns[impl], steps[impl] = numpy_step(name, impl)
+        first = {impl: steps[impl]() for impl in impls}   # also the first compilation
+        ref = first[impls[0]]
+        agree = {impl: abs(loss - ref) <= LOSS_RTOL * abs(ref) for impl, loss in first.items()}
+        for impl in impls:
+            for _ in range(WARMUP):
+                steps[impl]()
+        per_step = {impl: [] for impl in impls}
+        in_bn = {impl: [] for impl in bns}
+        for _ in range(rounds):
+            for impl in impls:
+                time.sleep(GAP)
+                net = bns.get(impl)
+                if net is not None:
+                    net.timer.reset()
+                start = time.perf_counter()
+                for _ in range(BLOCK):
+                    steps[impl]()
+                per_step[impl].append((time.perf_counter() - start) / BLOCK)
+                if net is not None:
+                    in_bn[impl].append(net.timer.seconds / BLOCK)
+                done += 1
+                if progress:
+                    progress.update(done, f"{name} {impl}")
+        results[name] = {
+            impl: {"ms": 1e3 * statistics.median(per_step[impl]),
+                   "bn_ms": 1e3 * statistics.median(in_bn[impl]) if impl in in_bn else None,
+                   "first_loss": first[impl], "agrees": agree[impl]}
+            for impl in impls}
+    return results, notes
+
+
+def time_pairs(shapes=PAIR_SHAPES, calls=PAIR_CALLS, matmul=PAIR_MATMUL):
+    """A layer training step alternating with an (n, n) @ (n, n) float32 product, against the two
+    timed apart (medians of ``calls``; a pause before each part lets the other pool go idle)."""
+    from .layer import BatchNormalization
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((matmul, matmul)).astype(np.float32)
+    b = rng.standard_normal((matmul, matmul)).astype(np.float32)
+    rows = []
+    for shape in shapes:
+        x = rng.standard_normal(shape).astype(np.float32)
+        dy = rng.standard_normal(shape).astype(np.float32)
+        layer = BatchNormalization()
+
+        def step():
+            layer(x, training=True)
+            layer.backward(dy)
+
+        def product():
+            a @ b
+
+        def pair():
+            step()
+            product()
+
+        for _ in range(30):
+            pair()
+        timed = {}
+        for label, fn in (("step", step), ("matmul", product), ("pair", pair)):
+            time.sleep(0.5)
+            samples = []
+            for _ in range(calls):
+                start = time.perf_counter()
+                fn()
+                samples.append(time.perf_counter() - start)
+            timed[label] = statistics.median(samples)
+        rows.append({"shape": list(shape), "step_us": 1e6 * timed["step"],
+                     "matmul_us": 1e6 * timed["matmul"], "pair_us": 1e6 * timed["pair"],
+                     "ratio": timed["pair"] / (timed["step"] + timed["matmul"])})
+    return rows
+
+
+def tbb_environment():
+    """Environment additions that let Numba load tbb from this Python's prefix, or None."""
+    from .cpu.threads import tbb_library_dir
+    lib = tbb_library_dir()
+    if lib is None:
+        return None
+    ld = os.environ.get("LD_LIBRARY_PATH", "")
+    return {"LD_LIBRARY_PATH": lib + (os.pathsep + ld if ld else "")}
+
+
+def run_variations(names, rounds, threads, progress=None):
+    """ms per step of the numbabn networks in a fresh process per threading variation."""
+    results, notes = {}, []
+    for done, (label, env_add) in enumerate(VARIATIONS.items()):
+        env = {k: v for k, v in os.environ.items()
+               if k not in ("OMP_WAIT_POLICY", "NUMBA_THREADING_LAYER", "NUMBA_NUM_THREADS")}
+        env.update(env_add)
+        if label == "tbb":
+            extra = tbb_environment()
+            if extra is None:
+                notes.append("tbb: not installed in this Python (pip install tbb)")
+                continue
+            env.update(extra)
+        if label != "1 thread":
+            env["NUMBA_NUM_THREADS"] = str(threads)
+        cmd = [sys.executable, "-m", "numbabn", "loop", "--nets", ",".join(names), "--impls",
+               "numbabn", "--rounds", str(rounds), "--no-pairs", "--quiet", "--json", "-"]
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+        if proc.returncode != 0:
+            notes.append(f"{label}: failed ({proc.stderr.strip().splitlines()[-1:]})")
+            continue
+        data = json.loads(proc.stdout)
+        results[label] = {name: data["networks"][name]["numbabn"]["ms"] for name in names}
+        results[label]["layer"] = data["threading_layer"]
+        if progress:
+            progress.update(done + 1, label)
+    return results, notes
+
+
+# ------------------------------------------------------------------------------------------------
+# report
+
+LABELS = {"numbabn": "NumPy + numbabn", "numpy": "NumPy + NumPy BN", "torch": "PyTorch eager"}
+
+
+def network_rows(results):
+    rows = []
+    for name, by_impl in results.items():
+        torch_ms = by_impl.get("torch", {}).get("ms")
+        for impl, r in by_impl.items():
+            bn = r["bn_ms"]
+            rows.append([name, LABELS[impl], f"{r['ms']:.2f}",
+                         "—" if bn is None else f"{bn:.2f}",
+                         "—" if bn is None else f"{100 * bn / r['ms']:.0f}%",
+                         "—" if torch_ms is None else f"{r['ms'] / torch_ms:.2f}",
+                         f"{r['first_loss']:.6f}" + ("" if r["agrees"] else " (DIFFERS)")])
+    return rows
+
+
+NETWORK_HEADERS = ["network", "implementation", "ms / step", "ms in BN", "BN share",
+                   "÷ PyTorch", "first loss"]
+
+
+def pair_rows(pairs):
+    return [["×".join(map(str, p["shape"])), f"{p['step_us']:.0f}", f"{p['matmul_us']:.0f}",
+             f"{p['pair_us']:.0f}", f"{p['ratio']:.2f}"] for p in pairs]
+
+
+PAIR_HEADERS = ["layer step shape", "step µs", "matmul µs", "step + matmul µs", "÷ apart"]
+
+
+def variation_rows(variations, names):
+    rows = []
+    labels = list(variations)
+    for name in names:
+        times = {label: variations[label][name] for label in labels}
+        best = min(times.values())
+        default = times.get("default")
+        rows.append([name] + [f"{times[label]:.2f}" for label in labels]
+                    + ["—" if default is None else f"{default / best:.2f}"])
+    return rows, ["network"] + [f"{label} ms" for label in labels] + ["default ÷ best"]
+
+
+def table(rows, headers, markdown):
+    if markdown:
+        lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+        return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows])
+    widths = [max(len(str(c)) for c in col) for col in zip(headers, *rows)]
+    fmt = "  ".join("{:<%d}" % w for w in widths)
+    return "\n".join([fmt.format(*headers)] + [fmt.format(*r) for r in rows])
+
+
+def threading_layer():
+    import numba
+    try:
+        return numba.threading_layer()
+    except ValueError:
+        return "none yet"
+
+
+def report(info, results, pairs, variations, notes, markdown=False):
+    out = []
+    head = (f"numbabn {info['numbabn']}, NumPy {info['numpy']}, threads {info['threads']}, "
+            f"Numba threading layer {info['threading_layer']}"
+            + (f", PyTorch {info['torch']}" if info.get("torch") else ""))
+    out.append(head)
+    out.append(f"\nTraining step of NumPy networks ({nets.__name__}), median ms per step of "
+               f"{BLOCK}-step blocks, round-robin:")
+    out.append(table(network_rows(results), NETWORK_HEADERS, markdown))
+    if pairs:
+        out.append(f"\nLayer training step alternating with a {PAIR_MATMUL}×{PAIR_MATMUL} "
+                   "float32 matmul, against the two timed apart (medians):")
+        out.append(table(pair_rows(pairs), PAIR_HEADERS, markdown))
+    if variations:
+        rows, headers = variation_rows(variations, list(results))
+        out.append("\nThe numbabn networks under other threading set-ups (fresh process each):")
+        out.append(table(rows, headers, markdown))
+    for note in notes:
+        out.append(f"note: {note}")
+    return "\n".join(out)
+
+
+def plot(path, results):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    names = list(results)
+    impls = [i for i in LABELS if any(i in results[n] for n in names)]
+    fig, axes = plt.subplots(1, len(names), figsize=(4 * len(names), 3.6))
+    axes = np.atleast_1d(axes)
+    for ax, name in zip(axes, names):
+        vals = [results[name].get(i, {}).get("ms", np.nan) for i in impls]
+        bars = ax.bar(range(len(impls)), vals, color=["#1f77b4", "#aaaaaa", "#d62728"][:len(impls)])
+        bn = [results[name].get(i, {}).get("bn_ms") for i in impls]
+        for k, b in enumerate(bn):
+            if b is not None:
+                ax.bar(k, b, color="#ff7f0e", width=0.8)
+        ax.set_xticks(range(len(impls)), [LABELS[i].replace(" + ", "\n+ ") for i in impls],
+                      fontsize=8)
+        ax.set_title(name)
+        ax.set_ylabel("ms per training step")
+        ax.bar_label(bars, fmt="%.1f", fontsize=8)
+    fig.suptitle("Training step (orange: time inside batch norm)", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+# ------------------------------------------------------------------------------------------------
+# command line
+
+def _names(choices):
+    def parse(text):
+        names = [n.strip() for n in text.split(",") if n.strip()]
+        bad = [n for n in names if n not in choices]
+        if bad or not names:
+            raise argparse.ArgumentTypeError(
+                f"expected a comma-separated list of {', '.join(choices)}; got {text!r}")
+        return names
+    return parse
+
+
+def add_arguments(parser):
+    parser.add_argument("--nets", type=_names(tuple(nets.NETWORKS)), default=None,
+                        metavar="LIST", help=f"networks (default all: {','.join(nets.NETWORKS)})")
+    parser.add_argument("--impls", type=_names(tuple(LABELS)), default=None, metavar="LIST",
+                        help=f"implementations (default all: {','.join(LABELS)})")
+    parser.add_argument("--rounds", type=positive_int, default=None, metavar="N",
+                        help=f"samples per cell, {BLOCK} steps each (default {ROUNDS})")
+    parser.add_argument("--quick", action="store_true", help=f"{QUICK_ROUNDS} rounds")
+    parser.add_argument("--threads", type=positive_int, default=None, metavar="N",
+                        help="threads for every implementation (default: the cores available)")
+    parser.add_argument("--no-pairs", action="store_true",
+                        help="skip the layer-step / matmul alternation")
+    parser.add_argument("--variations", action="store_true",
+                        help="also time the numbabn networks under other threading set-ups")
+    parser.add_argument("--markdown", metavar="PATH", help="also write the report as Markdown")
+    parser.add_argument("--plot", metavar="PATH", help="write a PNG bar chart (matplotlib)")
+    parser.add_argument("--json", metavar="PATH", help="write the results as JSON ('-': stdout)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def run(args):
+    from .bench import default_threads, numba_threads
+    threads = args.threads or default_threads()
+    names = args.nets or list(nets.NETWORKS)
+    impls = args.impls or list(LABELS)
+    rounds = args.rounds or (QUICK_ROUNDS if args.quick else ROUNDS)
+    to_stdout = args.json == "-"
+    progress = None if args.quiet else ProgressBar(len(names) * rounds * len(impls))
+    with numba_threads(threads):
+        results, notes = time_networks(names, impls, rounds, threads, progress)
+        pairs = [] if args.no_pairs else time_pairs()
+    if progress:
+        progress.close()
+    variations = None
+    if args.variations:
+        bar = None if args.quiet else ProgressBar(len(VARIATIONS))
+        variations, more = run_variations(names, rounds, threads, bar)
+        notes += more
+        if bar:
+            bar.close()
+    import numba
+    from . import __version__
+    info = {"numbabn": __version__, "numpy": np.__version__, "threads": threads,
+            "numba": numba.__version__, "threading_layer": threading_layer()}
+    if "torch" in sys.modules:
+        info["torch"] = sys.modules["torch"].__version__
+    if args.json:
+        payload = json.dumps({"info": info, "networks": results, "pairs": pairs,
+                              "variations": variations, "notes": notes,
+                              "threading_layer": info["threading_layer"]}, indent=1)
+        if to_stdout:
+            print(payload)
+        else:
+            with open(args.json, "w") as f:
+                f.write(payload)
+    if not to_stdout:
+        print(report(info, results, pairs, variations, notes))
+    if args.markdown:
+        with open(args.markdown, "w") as f:
+            f.write(report(info, results, pairs, variations, notes, markdown=True) + "\n")
+    if args.plot:
+        plot(args.plot, results)
+    disagree = [(n, i) for n, r in results.items() for i, v in r.items() if not v["agrees"]]
+    if disagree:
+        print(f"first-step losses differ: {disagree}", file=sys.stderr)
+        return 1
+    return 0
