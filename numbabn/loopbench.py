@@ -6,12 +6,15 @@ SGD update) of the networks in :mod:`numbabn.nets`:
 * ``numbabn``: the NumPy network with numbabn's layer for every batch norm;
 * ``numpy``: the same network with a plain NumPy batch norm (what a NumPy user has otherwise);
 * ``torch``: the same network in PyTorch eager (``nn.Conv2d`` / ``nn.BatchNorm*`` /
-  ``nn.Linear``, channels-last memory format for NHWC, ``torch.optim.SGD``), when installed.
+  ``nn.Linear``, channels-last memory format for NHWC, ``torch.optim.SGD``), when installed;
+* ``tf``: the same network in tf.keras with the V1 ``BatchNormalization`` (``tf_keras``), one
+  ``tf.function`` step with ``GradientTape`` and SGD, when TensorFlow is installed (NHWC and
+  the MLP: TensorFlow's CPU convolutions take NHWC only).
 
 All run on the same number of threads, in one process, round-robin: a sample is ``BLOCK``
 consecutive steps of one implementation (a loop, so every library's worker threads are in the
-state a training loop leaves them in), then the next implementation's block after a short idle
-gap. Each cell is the median over samples of the time per step; for the NumPy networks also the
+state a training loop leaves them in), after an idle gap and one untimed step, then the next
+implementation's block. Each cell is the median over samples of the time per step; for the NumPy networks also the
 time spent inside batch normalization. Before timing, every implementation takes its first step
 from the same weights and data, and their losses must agree.
 
@@ -38,13 +41,21 @@ from . import nets
 from ._cli import ProgressBar, positive_int
 
 BLOCK = 5
-ROUNDS = 12
+ROUNDS = 8
 QUICK_ROUNDS = 3
-WARMUP = 25
-GAP = 0.02
+# Steps before timing: compilation, then the serial/parallel choice of every kernel site settles
+# (its probes come at 32 and 128 calls, then rarely); a long training run lives in that state.
+WARMUP = 150
+QUICK_WARMUP = 20
+# Idle seconds before each block: every library's worker threads (OpenBLAS's, OpenMP's) spin for a
+# while after their last parallel region; without the pause they slow the next library's block.
+GAP = 0.3
 PAIR_SHAPES = ((32, 16, 16, 64), (64, 8, 8, 32))
 PAIR_MATMUL = 256
-PAIR_CALLS = 200
+PAIR_CALLS = 300
+PAIR_ROUNDS = 5
+PAIR_PAUSE = 0.3
+VARIATION_PASSES = 3
 # Losses of the first step from the same weights agree to float32 rounding of a few thousand ops.
 LOSS_RTOL = 1e-4
 
@@ -145,6 +156,70 @@ def torch_step(torch, name):
     return step
 
 
+def tf_step(tf, name):
+    """The network in tf.keras (the V1 ``BatchNormalization``), one ``tf.function`` SGD step."""
+    net, _ = numpy_step(name, "numpy")
+    keras = tf.keras
+    layers = keras.layers
+    x, labels = nets.make_batch(name)
+
+    def norm():
+        return tf.compat.v1.keras.layers.BatchNormalization(momentum=nets.MOMENTUM,
+                                                            epsilon=nets.EPSILON)
+    inputs = keras.Input(shape=x.shape[1:])
+    if isinstance(net, nets.MLP):
+        dense = [layers.Dense(d.w.shape[1], use_bias=d.b is not None)
+                 for d in (net.d1, net.d2, net.d3)]
+        h = layers.ReLU()(norm()(dense[0](inputs)))
+        h = layers.ReLU()(norm()(dense[1](h)))
+        outputs = dense[2](h)
+        model = keras.Model(inputs, outputs)
+        for layer, d in zip(dense, (net.d1, net.d2, net.d3)):
+            layer.set_weights([d.w] + ([d.b] if d.b is not None else []))
+    else:
+        # explicit padding: Keras' "same" pads a stride-2 convolution on one side only
+        def conv(c):
+            return layers.Conv2D(c.c_out, 3, strides=c.stride, padding="valid", use_bias=False)
+        convs = [conv(c) for c in (net.conv1, net.conv2, net.conv3)]
+        pad = layers.ZeroPadding2D(1)
+        h1 = layers.ReLU()(norm()(convs[0](pad(inputs))))
+        h2 = layers.ReLU()(norm()(convs[1](layers.ZeroPadding2D(1)(h1))))
+        s3 = layers.Add()([convs[2](layers.ZeroPadding2D(1)(h2)), h2])
+        h3 = layers.ReLU()(norm()(s3))
+        fc = layers.Dense(net.dense.w.shape[1])
+        outputs = fc(layers.GlobalAveragePooling2D()(h3))
+        model = keras.Model(inputs, outputs)
+        for layer, c in zip(convs, (net.conv1, net.conv2, net.conv3)):
+            layer.set_weights([c.kernel])
+        fc.set_weights([net.dense.w, net.dense.b])
+    opt = keras.optimizers.SGD(learning_rate=nets.LEARNING_RATE)
+    loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    x, labels = tf.constant(x), tf.constant(labels)
+
+    @tf.function
+    def train_step():
+        with tf.GradientTape() as tape:
+            loss = loss_fn(labels, model(x, training=True))
+        grads = tape.gradient(loss, model.trainable_variables)
+        opt.apply_gradients(zip(grads, model.trainable_variables))
+        return loss
+
+    return lambda: float(train_step())
+
+
+def import_tf(threads):
+    """TensorFlow with the tf_keras V1 layer (``TF_USE_LEGACY_KERAS``), on ``threads`` threads."""
+    os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    try:
+        import tensorflow as tf
+        tf.config.threading.set_intra_op_parallelism_threads(threads)
+        tf.config.threading.set_inter_op_parallelism_threads(1)
+    except Exception as err:                    # ImportError, or a broken installation
+        return None, f"TensorFlow not importable ({type(err).__name__}: {err})"
+    return tf, None
+
+
 def import_torch():
     try:
         import torch
@@ -156,7 +231,7 @@ def import_torch():
 # ------------------------------------------------------------------------------------------------
 # timing
 
-def time_networks(names, impls, rounds, threads, progress=None):
+def time_networks(names, impls, rounds, threads, progress=None, warmup=WARMUP):
     """Per network and implementation: medians of ms per step and of ms inside batch norm."""
     torch = None
     notes = []
@@ -167,27 +242,39 @@ def time_networks(names, impls, rounds, threads, progress=None):
             impls = [i for i in impls if i != "torch"]
         else:
             torch.set_num_threads(threads)
+    tf = None
+    if "tf" in impls:
+        tf, why = import_tf(threads)
+        if tf is None:
+            notes.append(why)
+            impls = [i for i in impls if i != "tf"]
     results = {}
     total = len(names) * rounds * len(impls)
     done = 0
     for name in names:
         steps, bns = {}, {}
-        for impl in impls:
+        here = [i for i in impls if not (i == "tf" and name.endswith("nchw"))]
+        if len(here) < len(impls):
+            notes.append(f"{name}: TensorFlow's CPU convolutions take NHWC only")
+        for impl in here:
             if impl == "torch":
                 steps[impl] = torch_step(torch, name)
+            elif impl == "tf":
+                steps[impl] = tf_step(tf, name)
             else:
                 bns[impl], steps[impl] = numpy_step(name, impl)
-        first = {impl: steps[impl]() for impl in impls}   # also the first compilation
-        ref = first[impls[0]]
+        first = {impl: steps[impl]() for impl in here}   # also the first compilation
+        ref = first[here[0]]
         agree = {impl: abs(loss - ref) <= LOSS_RTOL * abs(ref) for impl, loss in first.items()}
-        for impl in impls:
-            for _ in range(WARMUP):
+        for impl in here:
+            for _ in range(warmup):
                 steps[impl]()
-        per_step = {impl: [] for impl in impls}
+        per_step = {impl: [] for impl in here}
         in_bn = {impl: [] for impl in bns}
         for _ in range(rounds):
-            for impl in impls:
+            for impl in here:
                 time.sleep(GAP)
+                steps[impl]()                   # back in this library's steady state
                 net = bns.get(impl)
                 if net is not None:
                     net.timer.reset()
@@ -204,13 +291,15 @@ def time_networks(names, impls, rounds, threads, progress=None):
             impl: {"ms": 1e3 * statistics.median(per_step[impl]),
                    "bn_ms": 1e3 * statistics.median(in_bn[impl]) if impl in in_bn else None,
                    "first_loss": first[impl], "agrees": agree[impl]}
-            for impl in impls}
+            for impl in here}
     return results, notes
 
 
-def time_pairs(shapes=PAIR_SHAPES, calls=PAIR_CALLS, matmul=PAIR_MATMUL):
+def time_pairs(shapes=PAIR_SHAPES, calls=PAIR_CALLS, matmul=PAIR_MATMUL, rounds=PAIR_ROUNDS):
     """A layer training step alternating with an (n, n) @ (n, n) float32 product, against the two
-    timed apart (medians of ``calls``; a pause before each part lets the other pool go idle)."""
+    timed apart: medians over ``rounds`` rounds of the three parts, ``calls`` calls each split
+    evenly, with a pause before each part so that the other pool goes idle (the rounds alternate
+    the parts, so a slow phase of the machine touches all three alike)."""
     from .layer import BatchNormalization
     rng = np.random.default_rng(0)
     a = rng.standard_normal((matmul, matmul)).astype(np.float32)
@@ -234,15 +323,16 @@ def time_pairs(shapes=PAIR_SHAPES, calls=PAIR_CALLS, matmul=PAIR_MATMUL):
 
         for _ in range(30):
             pair()
-        timed = {}
-        for label, fn in (("step", step), ("matmul", product), ("pair", pair)):
-            time.sleep(0.5)
-            samples = []
-            for _ in range(calls):
-                start = time.perf_counter()
-                fn()
-                samples.append(time.perf_counter() - start)
-            timed[label] = statistics.median(samples)
+        parts = {"step": step, "matmul": product, "pair": pair}
+        samples = {label: [] for label in parts}
+        for _ in range(rounds):
+            for label, fn in parts.items():
+                time.sleep(PAIR_PAUSE)
+                for _ in range(max(1, calls // rounds)):
+                    start = time.perf_counter()
+                    fn()
+                    samples[label].append(time.perf_counter() - start)
+        timed = {label: statistics.median(v) for label, v in samples.items()}
         rows.append({"shape": list(shape), "step_us": 1e6 * timed["step"],
                      "matmul_us": 1e6 * timed["matmul"], "pair_us": 1e6 * timed["pair"],
                      "ratio": timed["pair"] / (timed["step"] + timed["matmul"])})
@@ -259,39 +349,59 @@ def tbb_environment():
     return {"LD_LIBRARY_PATH": lib + (os.pathsep + ld if ld else "")}
 
 
-def run_variations(names, rounds, threads, progress=None):
-    """ms per step of the numbabn networks in a fresh process per threading variation."""
-    results, notes = {}, []
-    for done, (label, env_add) in enumerate(VARIATIONS.items()):
-        env = {k: v for k, v in os.environ.items()
-               if k not in ("OMP_WAIT_POLICY", "NUMBA_THREADING_LAYER", "NUMBA_NUM_THREADS")}
-        env.update(env_add)
-        if label == "tbb":
-            extra = tbb_environment()
-            if extra is None:
-                notes.append("tbb: not installed in this Python (pip install tbb)")
+def run_variations(names, rounds, threads, progress=None, quick=False):
+    """ms per step of the numbabn networks in a fresh process per threading variation.
+
+    Processes differ by ±10-20% on a small VM, so the variations run in ``VARIATION_PASSES``
+    passes, one process each per pass, and each cell is the median over passes.
+    """
+    passes = 1 if quick else VARIATION_PASSES
+    runs, notes = {}, []
+    done = 0
+    for _ in range(passes):
+        for label, env_add in VARIATIONS.items():
+            env = {k: v for k, v in os.environ.items()
+                   if k not in ("OMP_WAIT_POLICY", "NUMBA_THREADING_LAYER", "NUMBA_NUM_THREADS")}
+            env.update(env_add)
+            if label == "tbb":
+                extra = tbb_environment()
+                if extra is None:
+                    if "tbb" not in runs:
+                        notes.append("tbb: not installed in this Python (pip install tbb)")
+                        runs["tbb"] = None
+                    continue
+                env.update(extra)
+            numba_threads = env_add.get("NUMBA_NUM_THREADS", str(threads))
+            env["NUMBA_NUM_THREADS"] = numba_threads
+            # NumPy's BLAS keeps every core in each variation; only Numba's side changes
+            cmd = [sys.executable, "-m", "numbabn", "loop", "--nets", ",".join(names),
+                   "--impls", "numbabn", "--rounds", str(rounds), "--no-pairs", "--quiet",
+                   "--json", "-", "--threads", numba_threads] + (["--quick"] if quick else [])
+            proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+            done += 1
+            if progress:
+                progress.update(done, label)
+            if proc.returncode != 0:
+                notes.append(f"{label}: failed ({proc.stderr.strip().splitlines()[-1:]})")
                 continue
-            env.update(extra)
-        if label != "1 thread":
-            env["NUMBA_NUM_THREADS"] = str(threads)
-        cmd = [sys.executable, "-m", "numbabn", "loop", "--nets", ",".join(names), "--impls",
-               "numbabn", "--rounds", str(rounds), "--no-pairs", "--quiet", "--json", "-"]
-        proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
-        if proc.returncode != 0:
-            notes.append(f"{label}: failed ({proc.stderr.strip().splitlines()[-1:]})")
-            continue
-        data = json.loads(proc.stdout)
-        results[label] = {name: data["networks"][name]["numbabn"]["ms"] for name in names}
-        results[label]["layer"] = data["threading_layer"]
-        if progress:
-            progress.update(done + 1, label)
+            data = json.loads(proc.stdout)
+            run = runs.setdefault(label, {"layer": data["threading_layer"]})
+            for name in names:
+                run.setdefault(name, []).append(data["networks"][name]["numbabn"]["ms"])
+    results = {}
+    for label, run in runs.items():
+        if run:
+            results[label] = {name: statistics.median(run[name]) for name in names}
+            results[label]["layer"] = run["layer"]
+            results[label]["passes"] = {name: run[name] for name in names}
     return results, notes
 
 
 # ------------------------------------------------------------------------------------------------
 # report
 
-LABELS = {"numbabn": "NumPy + numbabn", "numpy": "NumPy + NumPy BN", "torch": "PyTorch eager"}
+LABELS = {"numbabn": "NumPy + numbabn", "numpy": "NumPy + NumPy BN", "torch": "PyTorch eager",
+          "tf": "tf.keras"}
 
 
 def network_rows(results):
@@ -353,7 +463,8 @@ def report(info, results, pairs, variations, notes, markdown=False):
     out = []
     head = (f"numbabn {info['numbabn']}, NumPy {info['numpy']}, threads {info['threads']}, "
             f"Numba threading layer {info['threading_layer']}"
-            + (f", PyTorch {info['torch']}" if info.get("torch") else ""))
+            + (f", PyTorch {info['torch']}" if info.get("torch") else "")
+            + (f", TensorFlow {info['tensorflow']}" if info.get("tensorflow") else ""))
     out.append(head)
     out.append(f"\nTraining step of NumPy networks ({nets.__name__}), median ms per step of "
                f"{BLOCK}-step blocks, round-robin:")
@@ -381,7 +492,8 @@ def plot(path, results):
     axes = np.atleast_1d(axes)
     for ax, name in zip(axes, names):
         vals = [results[name].get(i, {}).get("ms", np.nan) for i in impls]
-        bars = ax.bar(range(len(impls)), vals, color=["#1f77b4", "#aaaaaa", "#d62728"][:len(impls)])
+        colors = {"numbabn": "#1f77b4", "numpy": "#aaaaaa", "torch": "#d62728", "tf": "#9467bd"}
+        bars = ax.bar(range(len(impls)), vals, color=[colors[i] for i in impls])
         bn = [results[name].get(i, {}).get("bn_ms") for i in impls]
         for k, b in enumerate(bn):
             if b is not None:
@@ -439,14 +551,16 @@ def run(args):
     to_stdout = args.json == "-"
     progress = None if args.quiet else ProgressBar(len(names) * rounds * len(impls))
     with numba_threads(threads):
-        results, notes = time_networks(names, impls, rounds, threads, progress)
+        results, notes = time_networks(names, impls, rounds, threads, progress,
+                                       QUICK_WARMUP if args.quick else WARMUP)
         pairs = [] if args.no_pairs else time_pairs()
     if progress:
         progress.close()
     variations = None
     if args.variations:
-        bar = None if args.quiet else ProgressBar(len(VARIATIONS))
-        variations, more = run_variations(names, rounds, threads, bar)
+        bar = None if args.quiet else ProgressBar(
+            len(VARIATIONS) * (1 if args.quick else VARIATION_PASSES))
+        variations, more = run_variations(names, rounds, threads, bar, args.quick)
         notes += more
         if bar:
             bar.close()
@@ -454,8 +568,9 @@ def run(args):
     from . import __version__
     info = {"numbabn": __version__, "numpy": np.__version__, "threads": threads,
             "numba": numba.__version__, "threading_layer": threading_layer()}
-    if "torch" in sys.modules:
-        info["torch"] = sys.modules["torch"].__version__
+    for module in ("torch", "tensorflow"):
+        if module in sys.modules:
+            info[module] = sys.modules[module].__version__
     if args.json:
         payload = json.dumps({"info": info, "networks": results, "pairs": pairs,
                               "variations": variations, "notes": notes,

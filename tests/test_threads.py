@@ -143,3 +143,12 @@ def test_the_same_bits_under_every_policy(shape, axis, rng):
     for got in results[1:]:
         for a, b in zip(got, results[0]):
             np.testing.assert_array_equal(a, b)
+
+
+def test_a_parallel_probe_that_loses_by_far_waits_much_longer(clock):
+    """Inside a fight each parallel probe costs milliseconds: after one, the next waits 16x."""
+    kernel = FakeKernel(clock, parallel_cost=20.0, serial_cost=1.0)
+    choice = threads.Choice(kernel)
+    calls = run(choice, kernel, 3000)
+    warm_up = 1 + threads.Choice.SAMPLES
+    assert calls.count(True) - warm_up == 2       # probes after 32 calls, then 32 * 16 more

@@ -126,21 +126,25 @@ class Choice:
 
     * Warm-up: the first call of each twin is not counted (a cache load, first-touch page
       faults), then the twins alternate until each has ``SAMPLES`` times; the faster median wins.
-    * Then the chosen twin runs, and every ``interval`` calls the other one is probed ``PROBES``
-      times: if it is faster now it takes over and the interval restarts at ``FIRST_INTERVAL``,
-      else the interval doubles up to ``LAST_INTERVAL`` (so a settled site spends a fraction of a
-      percent of its calls on probes).
+    * Then the chosen twin runs, and every ``interval`` calls the other one is probed (once for
+      the parallel twin, whose probe inside a fight is the expensive one; twice for the serial):
+      if it is faster now it takes over and the interval restarts at ``FIRST_INTERVAL``, else
+      the interval grows ``GROWTH`` times (``GROWTH ** 2`` times when the probe lost by more
+      than ``JUMP``, as a parallel probe inside a fight does) up to ``LAST_INTERVAL``: a settled
+      site spends well under a thousandth of its calls on probes.
     * A call of the chosen parallel twin that takes more than ``JUMP`` times its median probes
       the serial one at once: another pool (a BLAS's) started spinning beside it.
     """
 
     SAMPLES = 3
-    PROBES = 2
-    FIRST_INTERVAL = 16
-    LAST_INTERVAL = 1024
+    PROBES = {True: 1, False: 2}        # calls of a probe, by the probed twin
+    FIRST_INTERVAL = 32
+    GROWTH = 4
+    LAST_INTERVAL = 4096
     JUMP = 2.0
 
-    __slots__ = ("kernel", "parallel", "times", "warm", "countdown", "interval", "probing")
+    __slots__ = ("kernel", "parallel", "times", "warm", "countdown", "interval", "probing",
+                 "reference")
 
     def __init__(self, kernel):
         self.kernel = kernel
@@ -151,6 +155,7 @@ class Choice:
         self.countdown = None           # None while warming up
         self.interval = self.FIRST_INTERVAL
         self.probing = 0                # probe calls of the other twin still to make
+        self.reference = None           # the chosen twin's median at the last decision
 
     def __call__(self, *args):
         parallel = self._next()
@@ -178,8 +183,7 @@ class Choice:
         if self.countdown is None:
             times.append(seconds)
             if len(self.times[True]) == len(self.times[False]) == self.SAMPLES:
-                self.parallel = self._faster()
-                self.countdown = self.interval
+                self._decide(self._faster())
             return
         if parallel != self.parallel:   # a probe of the other twin
             times.append(seconds)
@@ -187,21 +191,28 @@ class Choice:
             if not self.probing:
                 chosen = self._faster()
                 if chosen == self.parallel:
-                    self.interval = min(2 * self.interval, self.LAST_INTERVAL)
+                    # a probe that lost by far (a fight) is not worth repeating soon
+                    lost_by_far = seconds > self.JUMP * self.reference
+                    growth = self.GROWTH ** 2 if lost_by_far else self.GROWTH
+                    self.interval = min(growth * self.interval, self.LAST_INTERVAL)
                 else:
-                    self.parallel = chosen
                     self.interval = self.FIRST_INTERVAL
-                self.countdown = self.interval
+                self._decide(chosen)
             return
         # only a parallel twin can be caught in a fight; a slow serial call is just noise
-        jumped = parallel and times and seconds > self.JUMP * statistics.median(times)
+        jumped = parallel and seconds > self.JUMP * self.reference
         times.append(seconds)
         self.countdown -= 1
         if jumped or self.countdown <= 0:
             if jumped:
                 self.interval = self.FIRST_INTERVAL
             self.times[not parallel].clear()
-            self.probing = self.PROBES
+            self.probing = self.PROBES[not parallel]
+
+    def _decide(self, parallel):
+        self.parallel = parallel
+        self.reference = statistics.median(self.times[parallel])
+        self.countdown = self.interval
 
     def _faster(self):
         """Whether the parallel twin is the faster, by the medians of the kept times (a probe
@@ -219,7 +230,7 @@ def pick(kernel, size, serial_below):
         return kernel.serial
     policy = _policy
     if policy == "auto":
-        if numba.get_num_threads() == 1:
+        if numba.config.NUMBA_NUM_THREADS == 1:   # a pool of one: nothing to choose
             return kernel.serial
         key = (kernel, size)
         site = _sites.get(key)
