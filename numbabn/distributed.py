@@ -210,7 +210,8 @@ class Synchronizer:
             float64 ``(C,)``: the averages over all groups of all ranks (NaN when no rank has
             a group).
         groups : int
-            The number of groups over all ranks.
+            This rank's number of groups when it has any, else the number over all ranks (zero
+            exactly when no rank has a group).
 
         Examples
         --------
@@ -231,7 +232,8 @@ class Synchronizer:
         weights = eng.to_device(np.full(C, float(G)), mean)
         gathered = self.allgather(eng, eng.stack([weights, batch_mean, batch_var]))
         average = eng.weighted_average(gathered)
-        groups = int(eng.to_host(gathered)[:, 0, 0].sum()) if C else 0
+        # only a rank with no group of its own needs the others' counts (a device read-back)
+        groups = G if G or not C else int(eng.to_host(gathered)[:, 0, 0].sum())
         return average[0], average[1], groups
 
     def sums(self, eng, *arrays):

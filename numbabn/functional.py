@@ -163,7 +163,8 @@ def _prepare(x, axis, virtual_batch_size=None, allow_empty=False):
 
 
 def check_masked_count(count, layout):
-    if count == 0:
+    """A mask must keep some position of a non-empty batch (an empty batch has none to keep)."""
+    if count == 0 and layout.count:
         raise ValueError("Cannot compute batch statistics: the mask selects no position. "
                          f"Received: a mask with no true value for inputs with shape "
                          f"{layout.shape}")

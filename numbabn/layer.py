@@ -972,7 +972,7 @@ class BatchNormalization:
             cache = self._cache[0]
             if cache.device != _dispatch.CPU:
                 eng = _dispatch.engine(cache.device)
-                out = {k: cache.wrap(eng.to_device(v)) for k, v in out.items()}
+                out = {k: cache.wrap(eng.to_device(v, like=cache.x)) for k, v in out.items()}
         return out
 
     def apply_constraints(self):

@@ -114,6 +114,25 @@ def rng():
     return np.random.default_rng(20261125)
 
 
+def threading_layer_env(layer, root):
+    """The environment of a fresh interpreter that runs this checkout (``root``) under Numba's
+    threading ``layer`` ("default": Numba's own choice) with two threads; skips when tbb is
+    asked for and not installed."""
+    from numbabn.loopbench import tbb_environment
+    env = dict(os.environ, NUMBA_NUM_THREADS="2",
+               PYTHONPATH=os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")]))
+    for key in ("NUMBA_THREADING_LAYER", "OMP_WAIT_POLICY", "GOMP_SPINCOUNT"):
+        env.pop(key, None)
+    if layer == "tbb":
+        extra = tbb_environment()
+        if extra is None:
+            pytest.skip("TBB is not installed (pip install tbb)")
+        env.update(extra)
+    if layer != "default":
+        env["NUMBA_THREADING_LAYER"] = layer
+    return env
+
+
 def pytest_report_header(config):
     import numba
     return f"numba {numba.__version__}, NUMBA_NUM_THREADS={numba.config.NUMBA_NUM_THREADS}"

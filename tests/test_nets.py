@@ -1,5 +1,10 @@
-"""The NumPy networks of the training-loop benchmark: their hand-written backward passes are
-checked by finite differences (float64), and numbabn's and the NumPy batch norm train them alike.
+"""The NumPy networks of the training-loop benchmark.
+
+The convolution (against its definition, and its backward by finite differences in float64) and
+the softmax cross-entropy are checked here; numbabn's and the NumPy batch norm must train a
+network alike. The whole networks' backward passes are checked against PyTorch's autograd by
+``python -m numbabn loop``, which refuses to time networks whose losses over the first steps
+differ from PyTorch's (``tests/test_training_loop.py`` runs it without PyTorch in CI).
 """
 import numpy as np
 import pytest

@@ -19,12 +19,11 @@ import sys
 
 import numpy as np
 import pytest
-from conftest import assert_close
+from conftest import assert_close, threading_layer_env
 
 import numbabn
 from numbabn import functional as F
 from numbabn import reference as R
-from numbabn.cpu.threads import tbb_library_dir
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 SCRIPTS = ROOT / "tests" / "reliability"
@@ -32,18 +31,7 @@ STRESS_SECONDS = float(os.environ.get("NUMBABN_STRESS_SECONDS", "30"))
 
 
 def _layer_env(layer):
-    env = dict(os.environ, NUMBA_NUM_THREADS="2",
-               PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
-    env.pop("NUMBA_THREADING_LAYER", None)
-    if layer == "tbb":
-        lib = tbb_library_dir()
-        if lib is None:
-            pytest.skip("TBB is not installed (pip install tbb)")
-        # Numba finds libtbb only on the loader's path; a virtual environment's lib is not on it
-        env["LD_LIBRARY_PATH"] = os.pathsep.join([str(lib), env.get("LD_LIBRARY_PATH", "")])
-    if layer != "default":
-        env["NUMBA_THREADING_LAYER"] = layer
-    return env
+    return threading_layer_env(layer, ROOT)
 
 
 def _run(script, args, layer, timeout):

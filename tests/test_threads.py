@@ -39,7 +39,7 @@ class FakeKernel:
 @pytest.fixture
 def clock(monkeypatch):
     c = Clock()
-    monkeypatch.setattr(threads.time, "perf_counter", c)
+    monkeypatch.setattr(threads, "_clock", c)
     monkeypatch.setattr(threads, "_layer", "omp")      # as if a thread-safe layer had run
     return c
 
@@ -107,41 +107,84 @@ def test_a_serial_site_returns_to_the_pool_when_parallel_becomes_faster(clock):
 def test_pick_below_the_threshold_and_under_forced_policies():
     from numbabn.cpu import kernels
     k = kernels.affine_rows
-    assert threads.pick(k, 10, 100) is k.serial
+    small, big = np.zeros((2, 5), np.float32), np.zeros((20, 50), np.float32)
+    assert threads.pick(k, small, 100) is k.serial
     old = threads.set_policy("serial")
     try:
-        assert threads.pick(k, 1000, 100) is k.serial
+        assert threads.pick(k, big, 100) is k.serial
         threads.set_policy("parallel")
-        assert threads.pick(k, 1000, 100) is not k.serial
+        assert threads.pick(k, big, 100) is not k.serial
         threads.set_policy("auto")
-        assert isinstance(threads.pick(k, 1000, 100), threads.Choice)
-        assert threads.pick(k, 1000, 100) is threads.pick(k, 1000, 100)
+        site = threads.pick(k, big, 100)
+        assert isinstance(site, threads.Choice)
+        assert threads.pick(k, np.zeros((20, 50), np.float32), 100) is site
+        assert threads.pick(k, big.astype(np.float64), 100) is not site     # per dtype
+        assert threads.pick(k, big.reshape(50, 20), 100) is not site        # per shape
     finally:
         threads.set_policy(old)
     with pytest.raises(ValueError, match="Received: policy='fast'"):
         threads.set_policy("fast")
 
 
+def test_concurrent_probes_cannot_derail_a_site(clock):
+    """Two threads that both start a one-call probe: the second result must not count twice."""
+    kernel = FakeKernel(clock, parallel_cost=1.0, serial_cost=3.0)
+    choice = threads.Choice(kernel)
+    run(choice, kernel, 8 + threads.Choice.FIRST_INTERVAL - 1)     # settled on parallel
+    choice()                                      # the countdown runs out: a serial probe is due
+    assert choice.probing == threads.Choice.PROBES[False]
+    # three threads each take the probe, then record it, interleaved
+    picked = [choice._next() for _ in range(3)]
+    assert picked == [False] * 3
+    for p in picked:
+        choice._record(p, 3.0)
+    assert choice.probing == 0 and choice.parallel
+    assert all(run(choice, kernel, 50)[-10:])
+
+
+def test_a_serial_fallback_under_a_busy_pool_is_not_a_parallel_time(clock, monkeypatch):
+    monkeypatch.setattr(threads, "_layer", None)          # not known to be thread-safe
+    monkeypatch.setattr(threads, "_known_layer", lambda: None)
+    kernel = FakeKernel(clock, parallel_cost=1.0, serial_cost=3.0)
+    choice = threads.Choice(kernel)
+    run(choice, kernel, 20)
+    assert choice.parallel
+    threads._lock.acquire()                               # another thread holds the pool
+    try:
+        calls = run(choice, kernel, 5)
+    finally:
+        threads._lock.release()
+    assert calls == [False] * 5 and choice.parallel       # ran serially, learned nothing wrong
+    assert all(t == 1.0 for t in choice.times[True])
+
+
 @pytest.mark.parametrize("shape, axis", [((512, 96), -1), ((8, 24, 16, 16), 1),
                                          ((4, 16, 16, 40), -1)])
 def test_the_same_bits_under_every_policy(shape, axis, rng):
+    """Both twins, and every call of the measured choice's warm-up (which alternates them)."""
     x = rng.normal(1.0, 2.0, size=shape).astype(np.float32)
     dy = rng.normal(size=shape).astype(np.float32)
-    results = []
-    old = threads.set_policy("auto")
+
+    def step():
+        layer = numbabn.BatchNormalization(axis=axis, momentum=0.5)
+        y = layer(x, training=True)
+        dx = layer.backward(dy)
+        return [y.copy(), dx.copy(), layer.grads["gamma"].copy(),
+                layer.moving_variance.value.copy()]
+
+    old = threads.set_policy("serial")
     try:
-        for policy in ("serial", "parallel", "auto", "auto", "auto"):
-            threads.set_policy(policy)
-            for _ in range(12 if policy == "auto" else 1):   # auto: both twins get their turn
-                layer = numbabn.BatchNormalization(axis=axis, momentum=0.5)
-                y = layer(x, training=True)
-                dx = layer.backward(dy)
-            results.append([y.copy(), dx.copy(), layer.grads["gamma"].copy(),
-                            layer.moving_variance.value.copy()])
+        want = step()
+        results = []
+        threads.set_policy("parallel")
+        results.append(step())
+        threads.set_policy("auto")
+        results += [step() for _ in range(12)]
+        assert any(not site.parallel or site.times[False] for site in threads._sites.values())
     finally:
         threads.set_policy(old)
-    for got in results[1:]:
-        for a, b in zip(got, results[0]):
+    for got in results:
+        for a, b in zip(got, want):
             np.testing.assert_array_equal(a, b)
 
 

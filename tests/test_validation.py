@@ -584,6 +584,11 @@ EMPTY_TRAINING = [
 ]
 
 
+# the CUDA simulator runs kernels as Python, where the NaN statistics of nothing warn
+SIMULATED_NAN = pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")
+
+
+@SIMULATED_NAN
 @pytest.mark.parametrize("kwargs, shape", EMPTY_TRAINING, ids=str)
 def test_an_empty_batch_in_training_returns_empty_and_changes_no_state(kwargs, shape, backend):
     """PyTorch's rule: an empty output, no moving-statistics update, zero parameter gradients."""
@@ -604,6 +609,20 @@ def test_an_empty_batch_in_training_returns_empty_and_changes_no_state(kwargs, s
     assert all(np.isfinite(w).all() for w in layer.get_weights())
 
 
+def test_an_empty_masked_batch_changes_no_state():
+    layer = BatchNormalization()
+    layer(_data((8, 5, 3)), training=True, mask=np.ones((8, 5), bool))
+    before = LayerState(layer)
+    empty = np.zeros((0, 5, 3), np.float32)
+    assert layer(empty, training=True, mask=np.zeros((0, 5), bool)).shape == (0, 5, 3)
+    before.assert_unchanged(layer)
+    y, cache = F.batch_norm_train(empty, mask=np.zeros((0, 5), bool))
+    assert y.shape == (0, 5, 3)
+    with pytest.raises(ValueError, match="no true value"):      # a non-empty batch still must
+        layer(_data((2, 5, 3)), training=True, mask=np.zeros((2, 5), bool))
+
+
+@SIMULATED_NAN
 @pytest.mark.parametrize("shape", [(0, 3), (4, 0, 3)])
 def test_functional_empty_batch_in_training(shape, backend):
     y, cache = F.batch_norm_train(backend.to(np.zeros(shape, np.float32)))

@@ -12,9 +12,9 @@ import time
 import numpy as np
 
 import numbabn
-from numbabn import nets
+from numbabn import loopbench, nets
 
-from .common import rng, seconds_per_call
+from .common import rng
 
 WARMUP_STEPS = 20
 
@@ -73,11 +73,8 @@ class Interleaved:
         self.pair()
 
     def track_interference(self, shape):
-        time.sleep(0.5)                     # let the other pool go idle before each part
-        step = seconds_per_call(self.step)
-        time.sleep(0.5)
-        product = seconds_per_call(lambda: self.a @ self.b)
-        time.sleep(0.5)
-        return round(seconds_per_call(self.pair) / (step + product), 3)
+        dims = tuple(int(d) for d in shape.split("x"))
+        (row,) = loopbench.time_pairs([dims], calls=150, matmul=self.MATMUL, rounds=3)
+        return round(row["ratio"], 3)
 
     track_interference.unit = "ratio"

@@ -105,8 +105,9 @@ def _result(shape, dtype, arith):
     return np.empty(shape, dtype if writable and dtype.isnative else arith)
 
 
-def _pick(kernel, size):
-    return threads.pick(kernel, size, SERIAL_ELEMENTS)
+def _pick(kernel, a):
+    """The twin of ``kernel`` to run on ``a`` (the array whose size sets the work)."""
+    return threads.pick(kernel, a, SERIAL_ELEMENTS)
 
 
 def _small_groups(x, rows_per_sample, groups):
@@ -153,7 +154,7 @@ def _shifted_moments(x, rows_per_sample, groups):
     samples = x.shape[0] // rows_per_sample
     x = _raw(x)
     if _small_groups(x, rows_per_sample, groups):
-        _pick(kernels.group_moments_rows, x.size)(x, rows_per_sample, groups, mean, m2)
+        _pick(kernels.group_moments_rows, x)(x, rows_per_sample, groups, mean, m2)
         m2 /= count
         return mean, m2
     if x.ndim == 2:
@@ -162,19 +163,19 @@ def _shifted_moments(x, rows_per_sample, groups):
         units, per_sample, length = samples * parts, parts, rows_per_sample
         (shifts,) = _workspace("shifts", np.float64, (units, C))
         if units == 1:                   # one unit is the whole (single-group) batch
-            _pick(kernels.unit_moments_rows, x.size)(x, rows_per_sample, block, mean, m2, shifts)
+            _pick(kernels.unit_moments_rows, x)(x, rows_per_sample, block, mean, m2, shifts)
             m2 /= count
             return mean, m2
         u_mean, u_m2 = _workspace("partials", np.float64, (units, C), (units, C))
-        _pick(kernels.unit_moments_rows, x.size)(x, rows_per_sample, block, u_mean, u_m2, shifts)
+        _pick(kernels.unit_moments_rows, x)(x, rows_per_sample, block, u_mean, u_m2, shifts)
     else:
         length = x.shape[2]
         block = min(length, UNIT_ELEMENTS)
         parts = -(-length // block)
         units, per_sample = x.shape[0] * parts, parts * rows_per_sample
         u_mean, u_m2 = _workspace("partials", np.float64, (units, C), (units, C))
-        _pick(kernels.unit_moments_planes, x.size)(x, block, u_mean, u_m2)
-    _pick(kernels.merge_moments, u_mean.size)(u_mean, u_m2, per_sample, parts, length, block,
+        _pick(kernels.unit_moments_planes, x)(x, block, u_mean, u_m2)
+    _pick(kernels.merge_moments, u_mean)(u_mean, u_m2, per_sample, parts, length, block,
                                               groups, mean, m2)
     m2 /= count
     return mean, m2
@@ -191,7 +192,7 @@ def normalize(x, rows_per_sample, groups, mean, var, epsilon, gamma, beta, r, d,
     G, C = mean.shape
     inv_std = np.empty((G, C))
     m_hi, a, b = np.empty((3, G, C), dtype=_arith(x.dtype))
-    _pick(kernels.affine_coefficients, mean.size)(mean, var, epsilon, gamma, beta, r, d,
+    _pick(kernels.affine_coefficients, mean)(mean, var, epsilon, gamma, beta, r, d,
                                                   adj_scale, adj_bias, inv_std, m_hi, a, b)
     return _affine(x, rows_per_sample, groups, m_hi, a, b, out, dtype), inv_std
 
@@ -207,12 +208,12 @@ def _affine(x, rows_per_sample, groups, m, a, b, out, dtype=None):
 def _affine_into(x, rows_per_sample, groups, m, a, b, out):
     """The affine kernel that suits the layout."""
     if _small_groups(x, rows_per_sample, groups):
-        _pick(kernels.affine_rows_by_group, x.size)(x, rows_per_sample, groups, m, a, b, out)
+        _pick(kernels.affine_rows_by_group, x)(x, rows_per_sample, groups, m, a, b, out)
     elif x.ndim == 2:
         block = _row_block(x.shape[0], x.shape[1], TASK_ELEMENTS)
-        _pick(kernels.affine_rows, x.size)(x, rows_per_sample, groups, block, m, a, b, out)
+        _pick(kernels.affine_rows, x)(x, rows_per_sample, groups, block, m, a, b, out)
     else:
-        _pick(kernels.affine_planes, x.size)(x, rows_per_sample, groups,
+        _pick(kernels.affine_planes, x)(x, rows_per_sample, groups,
                                              min(x.shape[2], TASK_ELEMENTS), m, a, b, out)
 
 
@@ -229,7 +230,7 @@ def grad_sums(x, dy, rows_per_sample, groups, m_hi):
     samples = x.shape[0] // rows_per_sample
     x, dy = _raw(x), _raw(dy)
     if _small_groups(x, rows_per_sample, groups):
-        _pick(kernels.group_grad_sums_rows, x.size)(x, dy, rows_per_sample, groups, m_hi, sum_dy,
+        _pick(kernels.group_grad_sums_rows, x)(x, dy, rows_per_sample, groups, m_hi, sum_dy,
                                                     sum_dyxc)
         return sum_dy, sum_dyxc
     if x.ndim == 2:
@@ -237,7 +238,7 @@ def grad_sums(x, dy, rows_per_sample, groups, m_hi):
         per_sample = -(-rows_per_sample // block)
         units = samples * per_sample
         u_dy, u_dyxc = _workspace("partials", np.float64, (units, C), (units, C))
-        _pick(kernels.unit_grad_sums_rows, x.size)(x, dy, rows_per_sample, groups, block, m_hi,
+        _pick(kernels.unit_grad_sums_rows, x)(x, dy, rows_per_sample, groups, block, m_hi,
                                                    u_dy, u_dyxc)
     else:
         inner = x.shape[2]
@@ -246,9 +247,9 @@ def grad_sums(x, dy, rows_per_sample, groups, m_hi):
         per_sample = per_row * rows_per_sample
         u_dy, u_dyxc = _workspace("partials", np.float64, (x.shape[0] * per_row, C),
                                   (x.shape[0] * per_row, C))
-        _pick(kernels.unit_grad_sums_planes, x.size)(x, dy, rows_per_sample, groups, chunk, m_hi,
+        _pick(kernels.unit_grad_sums_planes, x)(x, dy, rows_per_sample, groups, chunk, m_hi,
                                                      u_dy, u_dyxc)
-    _pick(kernels.merge_sums, u_dy.size)(u_dy, u_dyxc, per_sample, groups, sum_dy, sum_dyxc)
+    _pick(kernels.merge_sums, u_dy)(u_dy, u_dyxc, per_sample, groups, sum_dy, sum_dyxc)
     return sum_dy, sum_dyxc
 
 
@@ -272,7 +273,7 @@ def backward(x, dy, rows_per_sample, groups, mean, inv_std, count, training, gam
         sum_dy, sum_dyxc = (np.ascontiguousarray(a) for a in reduce_sums(sum_dy, sum_dyxc))
     dy_mean, k_dy, k_xc, k_0 = np.empty((4, G, C), dtype=arith)
     dgamma, dbeta = np.empty(C), np.empty(C)
-    _pick(kernels.grad_coefficients, mean.size)(sum_dy, sum_dyxc, mean, inv_std, float(count),
+    _pick(kernels.grad_coefficients, mean)(sum_dy, sum_dyxc, mean, inv_std, float(count),
                                                 training, gamma, r, d, adj_scale, adj_bias, m_hi,
                                                 dy_mean, k_dy, k_xc, k_0, dgamma, dbeta)
     if not training:                     # dx = dy * k: the affine pass with m = b = 0
@@ -290,21 +291,21 @@ def _grad_input_into(x, dy, rows_per_sample, groups, weights, m_hi, dy_mean, k_d
     C = x.shape[1]
     if weights is not None:
         if x.ndim == 2:
-            _pick(kernels.masked_grad_input_rows, x.size)(
+            _pick(kernels.masked_grad_input_rows, x)(
                 x, dy, weights, _row_block(x.shape[0], C, TASK_ELEMENTS), m_hi, dy_mean, k_dy,
                 k_xc, k_0, dx)
         else:
-            _pick(kernels.masked_grad_input_planes, x.size)(x, dy, weights, m_hi, dy_mean, k_dy,
+            _pick(kernels.masked_grad_input_planes, x)(x, dy, weights, m_hi, dy_mean, k_dy,
                                                             k_xc, k_0, dx)
     elif _small_groups(x, rows_per_sample, groups):
-        _pick(kernels.grad_input_rows_by_group, x.size)(x, dy, rows_per_sample, groups, m_hi,
+        _pick(kernels.grad_input_rows_by_group, x)(x, dy, rows_per_sample, groups, m_hi,
                                                         dy_mean, k_dy, k_xc, k_0, dx)
     elif x.ndim == 2:
         block = _row_block(x.shape[0], C, TASK_ELEMENTS)
-        _pick(kernels.grad_input_rows, x.size)(x, dy, rows_per_sample, groups, block, m_hi,
+        _pick(kernels.grad_input_rows, x)(x, dy, rows_per_sample, groups, block, m_hi,
                                                dy_mean, k_dy, k_xc, k_0, dx)
     else:
-        _pick(kernels.grad_input_planes, x.size)(x, dy, rows_per_sample, groups,
+        _pick(kernels.grad_input_planes, x)(x, dy, rows_per_sample, groups,
                                                  min(x.shape[2], TASK_ELEMENTS), m_hi,
                                                  dy_mean, k_dy, k_xc, k_0, dx)
 
@@ -478,7 +479,8 @@ def weighted_average(gathered):
         if np.any(w):
             total[0] += w
             total[1:] += w * gathered[p, 1:]
-    return total[1:] / total[0]
+    with np.errstate(invalid="ignore"):      # no weight at all: NaN, for the caller to see
+        return total[1:] / total[0]
 
 
 # ------------------------------------------------------------------------------------------------
@@ -505,14 +507,14 @@ def masked_moments(x, w):
         units = -(-x.shape[0] // block)
         u_n = np.empty(units, np.int64)
         u_mean, u_m2 = _workspace("partials", np.float64, (units, C), (units, C))
-        _pick(kernels.masked_unit_moments_rows, x.size)(x, w, block, u_n, u_mean, u_m2)
+        _pick(kernels.masked_unit_moments_rows, x)(x, w, block, u_n, u_mean, u_m2)
     else:
         R, _, I = x.shape
         chunk = max(1, min(I, UNIT_ELEMENTS))
         units = R * (-(-I // chunk))
         u_n = np.empty(units, np.int64)
         u_mean, u_m2 = _workspace("partials", np.float64, (units, C), (units, C))
-        _pick(kernels.masked_unit_moments_planes, x.size)(x, w, chunk, u_n, u_mean, u_m2)
+        _pick(kernels.masked_unit_moments_planes, x)(x, w, chunk, u_n, u_mean, u_m2)
     mean = np.empty((1, C))
     m2 = np.empty((1, C))
     count = kernels.merge_counted_moments(u_n, u_mean, u_m2, mean, m2)

@@ -36,6 +36,8 @@ import time
 
 import numba
 
+_clock = time.perf_counter            # tests replace it with a fake clock
+
 _THREAD_SAFE = ("tbb", "omp")
 
 _lock = threading.Lock()
@@ -84,21 +86,25 @@ def runner(kernel):
         return kernel.serial
     if _layer in _THREAD_SAFE:
         return kernel
-    return lambda *args: _exclusive(kernel, args)
+    return lambda *args: _exclusive(kernel, args)[0]
 
 
 def _exclusive(kernel, args):
+    """Run the parallel twin unless another thread holds the pool (then the serial one);
+    returns ``(result, whether the parallel twin ran)``."""
     global _layer
+    if _layer in _THREAD_SAFE:
+        return kernel(*args), True
     lock = _lock
     if not lock.acquire(blocking=False):
-        return kernel.serial(*args)
+        return kernel.serial(*args), False
     try:
         result = kernel(*args)
     finally:
         lock.release()
     if _layer is None:
         _layer = _known_layer()
-    return result
+    return result, True
 
 
 # ------------------------------------------------------------------------------------------------
@@ -144,7 +150,7 @@ class Choice:
     JUMP = 2.0
 
     __slots__ = ("kernel", "parallel", "times", "warm", "countdown", "interval", "probing",
-                 "reference")
+                 "reference", "lock")
 
     def __init__(self, kernel):
         self.kernel = kernel
@@ -156,13 +162,21 @@ class Choice:
         self.interval = self.FIRST_INTERVAL
         self.probing = 0                # probe calls of the other twin still to make
         self.reference = None           # the chosen twin's median at the last decision
+        # calls from several Python threads share a site: its bookkeeping (not the kernel) is
+        # done under this lock
+        self.lock = threading.Lock()
 
     def __call__(self, *args):
-        parallel = self._next()
-        run = runner(self.kernel) if parallel else self.kernel.serial
-        start = time.perf_counter()
-        result = run(*args)
-        self._record(parallel, time.perf_counter() - start)
+        with self.lock:
+            parallel = self._next()
+        start = _clock()
+        if parallel:
+            result, parallel = _exclusive(self.kernel, args)
+        else:
+            result = self.kernel.serial(*args)
+        seconds = _clock() - start
+        with self.lock:
+            self._record(parallel, seconds)
         return result
 
     def _next(self):
@@ -186,6 +200,8 @@ class Choice:
                 self._decide(self._faster())
             return
         if parallel != self.parallel:   # a probe of the other twin
+            if self.probing <= 0:       # another thread's probe finished it already, or the
+                return                  # pool was busy and the serial twin ran instead
             times.append(seconds)
             self.probing -= 1
             if not self.probing:
@@ -223,16 +239,17 @@ class Choice:
 _sites = {}
 
 
-def pick(kernel, size, serial_below):
-    """The callable that runs ``kernel`` on a problem of ``size`` elements, serial below
-    ``serial_below`` elements (waking the pool costs more than the work there)."""
-    if size < serial_below or not _parallel:
+def pick(kernel, a, serial_below):
+    """The callable that runs ``kernel`` on the array ``a`` (whose size sets the work): serial
+    below ``serial_below`` elements (waking the pool costs more than the work there), else by
+    the policy. Sites are per kernel, shape and dtype."""
+    if a.size < serial_below or not _parallel:
         return kernel.serial
     policy = _policy
     if policy == "auto":
-        if numba.config.NUMBA_NUM_THREADS == 1:   # a pool of one: nothing to choose
+        if numba.get_num_threads() == 1:          # a pool of one: nothing to choose
             return kernel.serial
-        key = (kernel, size)
+        key = (kernel, a.shape, a.dtype)
         site = _sites.get(key)
         if site is None:
             if len(_sites) > 4096:      # a process that sees endless new shapes
