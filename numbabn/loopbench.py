@@ -46,7 +46,7 @@ QUICK_ROUNDS = 3
 # Steps before timing: compilation, then the serial/parallel choice of every kernel site settles
 # (its probes come at 32 and 128 calls, then rarely); a long training run lives in that state.
 WARMUP = 150
-QUICK_WARMUP = 20
+QUICK_WARMUP = 60
 # Idle seconds before each block: every library's worker threads (OpenBLAS's, OpenMP's) spin for a
 # while after their last parallel region; without the pause they slow the next library's block.
 GAP = 0.3
