@@ -100,6 +100,26 @@ def check_finite(value, name):
     return v
 
 
+def check_momentum(value, name="momentum"):
+    """A finite momentum whose float32 decay ``1 - momentum`` is finite too (Keras stores the
+    decay as a float32 tensor: 1e39 would make it -inf and every moving statistic NaN)."""
+    v = check_finite(value, name)
+    with np.errstate(over="ignore"):
+        decay = np.float32(1.0 - v)
+    if not np.isfinite(decay):
+        raise ValueError(f"`{name}` must be a number whose decay 1 - {name} is finite in float32. "
+                         f"{received(name, value)}")
+    return v
+
+
+def check_not_nan(value, name):
+    """A real number that is not NaN (infinities allowed), as a Python float."""
+    v = check_float(value, name)
+    if np.isnan(v):
+        raise ValueError(f"`{name}` must not be NaN. {received(name, value)}")
+    return v
+
+
 def check_virtual_batch_size(value, name="virtual_batch_size"):
     """``None`` or a positive int."""
     if value is None:

@@ -506,7 +506,7 @@ class BatchNormalization:
         self._policy = _policy_name(kwargs.get("dtype"))
         axes = _validate.check_axis_type(axis)
         self.axis = list(axes) if isinstance(axis, (list, tuple)) else axes[0]
-        self.momentum = _validate.check_finite(momentum, "momentum")
+        self.momentum = _validate.check_momentum(momentum, "momentum")
         self.epsilon = _validate.check_epsilon(epsilon)
         self.center = _validate.check_bool(center, "center")
         self.scale = _validate.check_bool(scale, "scale")
@@ -523,7 +523,7 @@ class BatchNormalization:
         self.renorm = _validate.check_bool(renorm, "renorm")
         if self.renorm:
             self.renorm_clipping = self._check_clipping(renorm_clipping)
-            self.renorm_momentum = _validate.check_finite(renorm_momentum, "renorm_momentum")
+            self.renorm_momentum = _validate.check_momentum(renorm_momentum, "renorm_momentum")
         if fused is not None and not isinstance(fused, (bool, np.bool_)):
             raise TypeError(f"`fused` must be None, True or False. "
                             f"{_validate.received('fused', fused)}")
@@ -575,7 +575,7 @@ class BatchNormalization:
                              f"Supported values: {list(_CLIPPING_KEYS)}.")
         out = {}
         for key, value in clipping.items():
-            out[key] = None if value is None else _validate.check_float(
+            out[key] = None if value is None else _validate.check_not_nan(
                 value, f"renorm_clipping['{key}']")
         return out
 

@@ -19,6 +19,27 @@ FORMAT = 1
 _KEYS = ("format", "class_name", "config", "input_spec", "weight_names")
 
 
+def _mode_for(path):
+    """The permission bits a file written at ``path`` should get."""
+    try:
+        return os.stat(path).st_mode & 0o7777
+    except FileNotFoundError:
+        return 0o666 & ~_umask()
+
+
+def _umask():
+    try:                                 # Linux shows it without changing it
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except OSError:
+        pass
+    umask = os.umask(0o022)              # elsewhere reading it means setting it; put it back
+    os.umask(umask)
+    return umask
+
+
 def save(layer, path):
     """Write ``layer`` (built or not) to ``path`` atomically; see :meth:`BatchNormalization.save`."""
     config = layer.get_config()
@@ -43,6 +64,9 @@ def save(layer, path):
     directory = os.path.dirname(os.path.abspath(path))
     fd, tmp = tempfile.mkstemp(prefix=".numbabn-", suffix=".tmp", dir=directory)
     try:
+        # mkstemp makes the file 0600; give it the mode a plain open() would: an existing
+        # file's own, else 0666 less the umask
+        os.fchmod(fd, _mode_for(path))
         with os.fdopen(fd, "wb") as f:
             np.savez(f, **arrays)
             f.flush()

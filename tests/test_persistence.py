@@ -76,6 +76,24 @@ def test_a_crash_while_writing_keeps_the_old_file(rng, tmp_path, monkeypatch):
     assert sorted(os.listdir(tmp_path)) == ["layer.npz"]
 
 
+def test_saved_files_get_the_mode_a_plain_write_would(tmp_path):
+    layer = numbabn.BatchNormalization()
+    layer.build((None, 3))
+    old = os.umask(0o027)
+    try:
+        fresh = tmp_path / "fresh.npz"
+        layer.save(fresh)
+        assert fresh.stat().st_mode & 0o777 == 0o640          # 0666 less the umask
+        kept = tmp_path / "kept.npz"
+        kept.write_bytes(b"")
+        os.chmod(kept, 0o604)
+        layer.save(kept)
+        assert kept.stat().st_mode & 0o777 == 0o604           # an existing file keeps its mode
+    finally:
+        os.umask(old)
+    assert numbabn.load(kept).get_config() == layer.get_config()
+
+
 def test_unsavable_configuration_is_refused_before_writing(tmp_path):
     layer = BN(gamma_initializer=lambda shape, dtype: np.ones(shape, dtype))
     with pytest.raises(ValueError, match="cannot be saved"):

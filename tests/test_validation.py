@@ -136,6 +136,14 @@ for _value in [-1e-3, -1e-12, float("nan"), float("inf")]:
 for _value in [float("nan"), float("inf")]:
     ctor(f"renorm_momentum={_value!r}", dict(renorm=True, renorm_momentum=_value), ValueError,
          names("renorm_momentum", f"renorm_momentum={_value!r}"))
+for _value in [1e39, -1e39, 3.5e38]:          # finite, but 1 - momentum overflows float32
+    ctor(f"momentum={_value!r}", dict(momentum=_value), ValueError,
+         names("momentum", f"momentum={_value!r}"))
+    ctor(f"renorm_momentum={_value!r}", dict(renorm=True, renorm_momentum=_value), ValueError,
+         names("renorm_momentum", f"renorm_momentum={_value!r}"))
+for _key in ["rmax", "rmin", "dmax"]:
+    ctor(f"renorm_clipping-{_key}-nan", dict(renorm=True, renorm_clipping={_key: float("nan")}),
+         ValueError, names(f"renorm_clipping['{_key}']", "nan"))
 
 for _arg in ["center", "scale", "renorm", "trainable"]:
     for _value in ["yes", 1, 0, None, 1.0]:
