@@ -28,6 +28,13 @@ def as_input_array(x, name="inputs"):
         except Exception as err:  # ragged lists and the like
             raise TypeError(f"`{name}` must be a numeric array. {received(name, x)}") from err
         device = _dispatch.CPU
+    elif device == _dispatch.CUDA and not getattr(x, "__cuda_ndarray__", False):
+        try:
+            x.__cuda_array_interface__
+        except Exception as err:        # e.g. a torch CUDA tensor that requires grad
+            raise TypeError(
+                f"`{name}` has a `__cuda_array_interface__` that cannot be read "
+                f"({type(err).__name__}: {err}). {received(name, x)}") from err
     dtype = np.dtype(x.dtype)
     if dtype.kind not in "fiu" and not is_float(dtype):
         raise TypeError(

@@ -345,6 +345,7 @@ def mask_weights(mask, layout, device):
     The mask marks the positions whose values make the statistics (true: counted); see
     :meth:`numbabn._layout.Layout.mask_dims` for the shapes it may have.
     """
+    original = mask
     if device == _dispatch.CPU:
         if _dispatch.device_of(mask) == _dispatch.CUDA:
             _dispatch.check_same_device(device, [("mask", mask)])
@@ -356,10 +357,20 @@ def mask_weights(mask, layout, device):
         _dispatch.check_same_device(device, [("mask", mask)])
         mask, _ = _dispatch.engine(device).adopt(mask)
     if mask is None or np.dtype(mask.dtype).kind not in "biuf":
+        what = ("" if mask is None else
+                f" with dtype {np.dtype(mask.dtype)} and shape {tuple(mask.shape)}")
         raise TypeError("`mask` must be a boolean (or 0/1 numeric) array. "
-                        f"Received: mask of type {type(mask).__name__}")
+                        f"Received: mask of type {type(original).__name__}{what}")
     layout.mask_dims(tuple(mask.shape))
-    return _dispatch.engine(device).mask_weights(mask, layout)
+    eng = _dispatch.engine(device)
+    if np.dtype(mask.dtype).kind != "b":
+        # a numeric mask is a count of 0 or 1 per position; 0.5, 2 or NaN would be read as true
+        values = np.asarray(eng.to_host(mask))
+        bad = values[(values != 0) & (values != 1)]
+        if bad.size:
+            raise ValueError("`mask` values must be booleans, or 0 and 1. Received: a mask of "
+                             f"shape {tuple(mask.shape)} holding {bad.flat[0]!r}")
+    return eng.mask_weights(mask, layout)
 
 
 def batch_norm_train(x, gamma=None, beta=None, *, axis=-1, epsilon=1e-3, virtual_batch_size=None,
@@ -528,7 +539,8 @@ def batch_norm_backward(dy, cache):
     ValueError
         ``dy`` does not have the forward input's shape.
     TypeError
-        ``dy`` is not numeric, or is not on the forward input's device.
+        ``dy`` is not numeric, or is not on the forward input's device, or ``cache`` is not a
+        :class:`BatchNormCache`.
 
     Examples
     --------
@@ -549,6 +561,9 @@ def batch_norm_backward(dy, cache):
     >>> bool(np.allclose(dx, dy / 2.0))
     True
     """
+    if not isinstance(cache, BatchNormCache):
+        raise TypeError("`cache` must be the BatchNormCache of a batch_norm_train or "
+                        f"batch_norm_infer call. {_validate.received('cache', cache)}")
     dy, device = _validate.as_input_array(dy, "dy")
     _dispatch.check_same_device(cache.device, [("dy", dy)])
     expected = cache.layout.shape
@@ -637,8 +652,8 @@ def moving_average(moving, batch_stat, momentum):
     except ValueError:
         raise ValueError(f"`batch_stat` must broadcast to the shape of `moving` {out.shape}. "
                          f"Received: batch_stat with shape {stat.shape}") from None
-    _dispatch.engine(_dispatch.CPU).moving_averages(out, stat, out[:0], stat[:0],
-                                                    1.0 - momentum)
+    none = out.reshape(-1)[:0]           # the engine updates two weights at once; one here
+    _dispatch.engine(_dispatch.CPU).moving_averages(out, stat, none, none, 1.0 - momentum)
     return out
 
 

@@ -239,6 +239,9 @@ class Variable:
 
     def _device_value(self, eng, value):
         v, _ = eng.adopt(value)
+        if not _validate.is_float(v.dtype) and np.dtype(v.dtype).kind not in "iu":
+            raise TypeError(f"The value for {self.name} must hold real numbers. Received: a "
+                            f"device array of dtype {np.dtype(v.dtype).name}")
         if v.size != self._host.size:
             raise ValueError(f"Cannot assign a value of shape {tuple(v.shape)} to {self.name} of "
                              f"shape {self.shape}")
@@ -249,7 +252,15 @@ class Variable:
             eng = _dispatch.engine(_dispatch.CUDA)
             eng.add_scaled(self.live(_dispatch.CUDA), self._device_value(eng, delta), sign)
             return self
-        return self.assign(self.value + sign * np.asarray(delta))
+        delta = _validate.as_real_array(delta, "delta", None)
+        try:
+            moved = self.value + sign * delta
+        except ValueError:
+            moved = None
+        if moved is None or moved.shape != self.shape:
+            raise ValueError(f"Cannot add a delta of shape {delta.shape} to {self.name} of shape "
+                             f"{self.shape}: it must broadcast to the weight's shape")
+        return self.assign(moved)
 
     def assign_add(self, delta):
         """Add ``delta`` to the value in place (``var += delta`` does the same).
@@ -330,7 +341,8 @@ def _policy_name(dtype):
     if dtype is None:
         return "float32"
     if isinstance(dtype, dict):       # a serialized Keras policy: {"class_name": "Policy", ...}
-        dtype = dtype.get("config", {}).get("name", dtype)
+        config = dtype.get("config")
+        dtype = config.get("name", dtype) if isinstance(config, dict) else dtype
     name = getattr(dtype, "name", dtype)
     if isinstance(name, type) and issubclass(name, np.generic):
         name = np.dtype(name).name

@@ -811,3 +811,83 @@ def test_functional_empty_batch_in_inference(shape):
     y, cache = F.batch_norm_infer(np.zeros(shape, np.float32), MEAN, VAR)
     assert y.shape == shape and y.dtype == np.float32
     assert F.batch_norm_backward(np.zeros(shape, np.float32), cache)[0].shape == shape
+
+
+# ------------------------------------------------------------------------------------------------
+# exception types and messages found by adversarial testing: each was an AttributeError,
+# IndexError, a message without the argument, or a silent acceptance
+
+class _UnreadableDeviceArray:
+    """Claims to be a CUDA array, but reading its interface raises (as a torch CUDA tensor that
+    requires grad does)."""
+    shape, dtype, ndim = (4, 3), np.dtype(np.float32), 2
+
+    @property
+    def __cuda_array_interface__(self):
+        raise RuntimeError("Can't export tensors that require gradient")
+
+
+def test_an_unreadable_cuda_array_interface_is_a_type_error():
+    layer = BatchNormalization()
+    expect_clean_failure(layer, lambda: layer(_UnreadableDeviceArray(), training=True),
+                         TypeError, names("inputs", "require gradient"))
+    with pytest.raises(TypeError, match=names("x", "require gradient")):
+        F.batch_norm_train(_UnreadableDeviceArray())
+
+
+def test_a_dtype_config_that_is_not_a_dict_is_a_value_error():
+    with pytest.raises(ValueError, match=re.escape("Received: dtype={'config': 5}")):
+        BatchNormalization(dtype={"config": 5})
+
+
+def test_backward_without_a_cache_is_a_type_error():
+    with pytest.raises(TypeError, match=names("cache", "cache=None")):
+        F.batch_norm_backward(np.ones((2, 3)), None)
+
+
+def test_moving_average_of_zero_dimensional_arrays():
+    out = F.moving_average(np.array(1.0), np.array(3.0), momentum=0.5)
+    assert out.shape == () and float(out) == 2.0
+
+
+def test_assign_add_of_the_wrong_shape_names_the_weight():
+    layer = BatchNormalization()
+    layer.build((None, 3))
+    before = LayerState(layer)
+    for action in (lambda: layer.gamma.assign_add(np.ones(4)),
+                   lambda: layer.beta.assign_sub(np.ones((2, 3)))):
+        with pytest.raises(ValueError, match=r"(gamma|beta):0 of shape \(3,\)"):
+            action()
+    with pytest.raises(TypeError, match="delta"):
+        layer.gamma.assign_add("a")
+    before.assert_unchanged(layer)
+
+
+@pytest.mark.parametrize("value", [0.5, 2.0, np.nan, -1.0])
+def test_mask_values_other_than_zero_and_one_are_refused(value, backend):
+    layer = BatchNormalization()
+    x = backend.to(_data((2, 5, 3)))
+    layer(x, training=True)
+    mask = np.ones((2, 5))
+    mask[1, 3] = value
+    expect_clean_failure(layer, lambda: layer(x, training=True, mask=backend.to(mask)),
+                         ValueError, names("mask", "(2, 5)"))
+
+
+def test_a_mask_of_the_wrong_type_shows_its_dtype_and_shape():
+    layer = BatchNormalization()
+    expect_clean_failure(layer, lambda: layer(_data((2, 5, 3)), training=True,
+                                              mask=np.ones((2, 5), complex)),
+                         TypeError, names("mask", "complex128 and shape (2, 5)"))
+
+
+def test_a_complex_device_value_is_refused_as_on_the_cpu():
+    from numba import cuda
+    layer = BatchNormalization()
+    layer.build((None, 3))
+    before = LayerState(layer)
+    with pytest.raises(TypeError, match="gamma"):
+        layer.gamma.assign(np.ones(3, complex))
+    with pytest.raises(TypeError, match=names("gamma", "complex128")):
+        layer.gamma.assign(cuda.to_device(np.ones(3, complex)))
+    before.assert_unchanged(layer)
