@@ -124,10 +124,27 @@ def moments(x, rows_per_sample, groups):
     """Mean and biased variance per (group, feature), float64 ``(groups, C)``."""
     mean, var = _shifted_moments(x, rows_per_sample, groups)
     if x.size and kernels.any_nan(mean):
-        samples = x.shape[0] // rows_per_sample
-        per_sample = x.reshape((samples, rows_per_sample) + x.shape[1:])
-        _sum_means(mean, lambda g, c: per_sample[g::groups, :, c])
+        _plain_means(mean, x, rows_per_sample, groups)
     return mean, var
+
+
+# Past this many NaN means, one vectorized pass over x beats a NumPy call per (group, feature).
+_FEW_NAN_MEANS = 64
+
+
+def _plain_means(mean, x, rows_per_sample, groups):
+    """:func:`_sum_means` for the groups of ``x``: one by one for a few NaN means, in one float64
+    pass over ``x`` for many (an all-NaN batch)."""
+    samples = x.shape[0] // rows_per_sample
+    # sample v * G + g is in group g: (V, G, P, C[, I])
+    per_group = x.reshape((samples // groups, groups, rows_per_sample) + x.shape[1:])
+    bad = np.isnan(mean)
+    if np.count_nonzero(bad) <= _FEW_NAN_MEANS:
+        _sum_means(mean, lambda g, c: per_group[:, g, :, c])
+        return
+    count = per_group[:, 0, :, 0].size
+    axes = (0, 2, 4) if x.ndim == 3 else (0, 2)
+    mean[bad] = (per_group.sum(axis=axes, dtype=np.float64) / max(count, 1))[bad]
 
 
 def _sum_means(mean, values_of):
