@@ -10,7 +10,7 @@ import threading
 
 import numpy as np
 
-from . import _dispatch, _validate
+from . import _dispatch, _interrupts, _validate
 from . import functional as F
 from . import keras_compat as kc
 from ._buffers import OutputPool
@@ -1225,7 +1225,11 @@ class BatchNormalization:
             return y, cache, None        # an empty batch (on every process): no statistics
 
         def commit():
-            self._update_statistics(eng, device, batch_mean, batch_var, count)
+            if self.renorm:              # five weights, one after another: all or none
+                with _interrupts.deferred():
+                    self._update_statistics(eng, device, batch_mean, batch_var, count)
+            else:                        # one kernel updates both weights
+                self._update_statistics(eng, device, batch_mean, batch_var, count)
         return y, cache, commit
 
     def _infer(self, x, device):

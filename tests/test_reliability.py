@@ -252,3 +252,31 @@ def test_an_all_nan_ghost_batch_costs_about_a_finite_one():
         return min(times)
     with np.errstate(invalid="ignore"):
         assert best(np.full_like(x, np.nan)) < 10 * best(x)
+
+
+def test_ctrl_c_in_the_middle_of_a_renorm_commit_is_held_until_it_ends(monkeypatch):
+    """Deterministic: SIGINT sent from inside the first of renorm's statistic updates."""
+    import os
+    import signal
+    import threading
+    if threading.current_thread() is not threading.main_thread():
+        pytest.skip("KeyboardInterrupt reaches the main thread only")
+    from numbabn import cpu
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(64, 8)).astype(np.float32)
+    layer = numbabn.BatchNormalization(renorm=True, momentum=0.5, renorm_momentum=0.5)
+    twin = numbabn.BatchNormalization(renorm=True, momentum=0.5, renorm_momentum=0.5)
+    layer(x, training=True)
+    twin(x, training=True)
+    twin(x, training=True)
+    update = cpu.moving_averages
+
+    def interrupted_update(*args, **kwargs):
+        update(*args, **kwargs)
+        os.kill(os.getpid(), signal.SIGINT)   # Ctrl-C now, between two updates
+    monkeypatch.setattr(cpu, "moving_averages", interrupted_update)
+    with pytest.raises(KeyboardInterrupt):
+        layer(x, training=True)
+    for got, want in zip(layer.get_weights(), twin.get_weights()):
+        np.testing.assert_array_equal(got, want)
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
