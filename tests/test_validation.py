@@ -891,3 +891,39 @@ def test_a_complex_device_value_is_refused_as_on_the_cpu():
     with pytest.raises(TypeError, match=names("gamma", "complex128")):
         layer.gamma.assign(cuda.to_device(np.ones(3, complex)))
     before.assert_unchanged(layer)
+
+
+# epsilon=0 is accepted, as in Keras: a zero variance then gives IEEE results (NaN, as
+# TensorFlow's 0 * inf), never an exception from a kernel
+@pytest.mark.filterwarnings("ignore:(invalid value|divide by zero):RuntimeWarning")
+@pytest.mark.parametrize("shape, axis", [((4, 3), -1), ((4, 3, 2, 2), 1), ((4, 2, 2, 3), -1)])
+def test_epsilon_zero_gives_ieee_results(shape, axis, backend, rng):
+    from conftest import assert_close
+    from numbabn import reference as R
+    x = rng.normal(size=shape).astype(np.float32)
+    index = [slice(None)] * len(shape)
+    index[axis] = 0
+    x[tuple(index)] = 1.5                          # feature 0 is constant: variance 0
+    dy = rng.normal(size=shape).astype(np.float32)
+    axes = (axis % len(shape),)
+    layer = BatchNormalization(axis=axis, epsilon=0.0)
+    y = backend.host(layer(backend.to(x), training=True))
+    dx = backend.host(layer.backward(backend.to(dy)))
+    with np.errstate(all="ignore"):
+        want_y, _, _ = R.forward_train(x, axes, 0.0)
+        want_dx, _, _ = R.backward_train(dy, x, axes, 0.0)
+    assert np.isnan(y[tuple(index)]).all() and np.isnan(dx[tuple(index)]).all()
+    finite = np.isfinite(want_y)
+    assert_close(y[finite], want_y[finite], scale=10)
+    assert_close(dx[finite], want_dx[finite], scale=10)
+    assert np.isfinite(layer.moving_variance.value).all()
+    one = BatchNormalization(axis=axis, epsilon=0.0)          # a batch of one sample
+    single = x[:1]
+    assert np.isnan(backend.host(one(backend.to(single), training=True))[tuple(index)][0]).all()
+    flat = BatchNormalization(axis=axis, epsilon=0.0, moving_variance_initializer="zeros")
+    y_infer = backend.host(flat(backend.to(x), training=False))   # x * inf + (0 - 0 * inf)
+    assert np.isnan(y_infer).all()
+    assert backend.host(flat.backward(backend.to(dy))).shape == shape
+    y_f, cache = F.batch_norm_train(backend.to(x), axis=axis, epsilon=0.0)
+    assert np.isnan(backend.host(y_f)[tuple(index)]).all()
+    F.batch_norm_backward(backend.to(dy), cache)

@@ -329,7 +329,9 @@ def affine_coefficients(mean, var, epsilon, gamma, beta, r, d, adj_scale, adj_bi
     if t < G * C:
         g = t // C
         c = t - g * C
-        inv = 1.0 / math.sqrt(var[g, c] + epsilon)
+        # float64(): IEEE inf for a zero variance with epsilon=0 also on the simulator, where
+        # Python's float division would raise
+        inv = 1.0 / float64(math.sqrt(var[g, c] + epsilon))
         inv_std[g, c] = inv
         m_hi[g, c] = mean[g, c]
         lo = mean[g, c] - float64(m_hi[g, c])
