@@ -128,6 +128,41 @@ def test_non_contiguous_device_input(rng):
     assert_close(GPU.host(y), want)
 
 
+def _strided_everywhere(a):
+    """A device view of ``a`` whose every axis steps over a gap: no two axes merge."""
+    big = a
+    for ax in range(a.ndim):
+        big = big.repeat(2, axis=ax)
+    return GPU.to(big)[(slice(None, None, 2),) * a.ndim]
+
+
+@pytest.mark.parametrize("axis", [[1, 8], -1, [0, 2]])
+def test_rank_nine_inputs_and_views(axis, rng, monkeypatch):
+    """A gather of more than 8 axes: merged into 8 where the strides allow (a permutation of a
+    contiguous array), else through the host (a view strided on every axis)."""
+    from numbabn.cuda import engine
+    shape = (2, 3, 2, 2, 2, 2, 2, 2, 3)
+    x = rng.normal(size=shape).astype(np.float32)
+    dy = rng.normal(size=shape).astype(np.float32)
+    through_host = []
+    gather = engine._gather
+
+    def counted(x, shape, strides, out, walk):
+        through_host.append(len(engine._merged(shape, strides)[0]) > 8)
+        return gather(x, shape, strides, out, walk)
+    monkeypatch.setattr(engine, "_gather", counted)
+    want_y, want_cache = F.batch_norm_train(x, axis=axis)
+    want_dx, want_dgamma, _ = F.batch_norm_backward(dy, want_cache)
+    for device_x, device_dy in [(GPU.to(x), GPU.to(dy)),
+                                (_strided_everywhere(x), _strided_everywhere(dy))]:
+        y, cache = F.batch_norm_train(device_x, axis=axis)
+        dx, dgamma, _ = F.batch_norm_backward(device_dy, cache)
+        assert_close(GPU.host(y), want_y)
+        assert_close(GPU.host(dx), want_dx)
+        assert_close(GPU.host(dgamma), want_dgamma)
+    assert any(through_host)
+
+
 def test_results_are_bitwise_reproducible(rng):
     x = GPU.to(rng.normal(size=(37, 11)).astype(np.float32))
     def run():

@@ -130,6 +130,36 @@ def constant(channels, value, like=None):
     return v
 
 
+def _merged(shape, strides):
+    """The same strided walk over fewer axes: length-1 axes dropped, and each axis merged into
+    the one before it where that one steps exactly over it (C order is kept)."""
+    out_shape, out_strides = [], []
+    for n, st in zip(shape, strides):
+        if n == 1:
+            continue
+        if out_shape and out_strides[-1] == st * n:
+            out_shape[-1] *= n
+            out_strides[-1] = st
+        else:
+            out_shape.append(n)
+            out_strides.append(st)
+    return out_shape, out_strides
+
+
+def _gather(x, shape, strides, out, walk):
+    """Copy ``x``'s memory walked with ``shape``/``strides`` into the flat ``out``: one kernel
+    launch on an 8-d view, or, for a walk that needs more than 8 axes even merged (rank 9 and
+    up), on the host, where ``walk(a)`` is the same walk of the NumPy copy ``a`` of ``x``."""
+    merged_shape, merged_strides = _merged(shape, strides)
+    if len(merged_shape) <= 8:
+        view = _strided_8d(x, merged_shape, merged_strides)
+        _copy_launch(K.gather, out.size, x)(view, out)
+        return out
+    walked = np.ascontiguousarray(walk(np.asarray(to_host(x))), dtype=out.dtype)
+    out.copy_to_device(walked.reshape(-1), stream=_stream(x))
+    return out
+
+
 def _strided_8d(x, shape, strides):
     """``x``'s memory seen with ``shape``/``strides`` (elements' byte strides), padded to 8-d."""
     pad = 8 - len(shape)
@@ -187,9 +217,9 @@ def _gathered(x, layout, dtype):
         x = x.reshape(layout.canonical_shape) if x.ndim else x.reshape(1, 1)
         return x if x.dtype == dtype else _cast(x, dtype)
     perm = layout.perm or tuple(range(x.ndim))
-    view = _strided_8d(x, [x.shape[a] for a in perm], [x.strides[a] for a in perm])
     out = _empty(math.prod(layout.shape), dtype, x)
-    _copy_launch(K.gather, out.size, x)(view, out)
+    _gather(x, [x.shape[a] for a in perm], [x.strides[a] for a in perm], out,
+            lambda a: a.transpose(perm))
     return out.reshape(layout.canonical_shape)
 
 
@@ -198,11 +228,11 @@ def restore(y, layout, dtype):
     y = y.reshape(layout.moved_shape)
     if layout.perm is not None:
         inverse = np.argsort(layout.perm)
-        view = _strided_8d(y, [y.shape[a] for a in inverse], [y.strides[a] for a in inverse])
         # one pass that permutes and casts, except that bfloat16 converts in a pass of its own
         moved = y.dtype if _is_bfloat16(dtype) or _is_bfloat16(y.dtype) else dtype
         out = _empty(math.prod(layout.shape), moved, y)
-        _copy_launch(K.gather, out.size, y)(view, out)
+        _gather(y, [y.shape[a] for a in inverse], [y.strides[a] for a in inverse], out,
+                lambda a: a.transpose(inverse))
         y = out.reshape(layout.shape)
     return y if y.dtype == dtype else _cast(y, dtype)
 
@@ -531,12 +561,12 @@ def mask_weights(mask, layout):
     """A device mask (see :meth:`Layout.mask_dims`) as contiguous canonical weights ``w[R]``
     (rows) or ``w[R, I]`` (planes), true where it is nonzero: one gather pass."""
     shape = layout.mask_shape
-    _, strides = layout.mask_dims(mask.shape, mask.strides)
+    dims, strides = layout.mask_dims(mask.shape, mask.strides)
     perm = layout.perm or tuple(range(len(shape)))
-    view = _strided_8d(mask, [shape[a] for a in perm], [strides[a] for a in perm])
     out = _empty(math.prod(shape), np.bool_, mask)
     if out.size:
-        _copy_launch(K.gather, out.size, mask)(view, out)
+        _gather(mask, [shape[a] for a in perm], [strides[a] for a in perm], out,
+                lambda a: np.broadcast_to(a.reshape(dims), shape).transpose(perm) != 0)
     return out.reshape(layout.weights_shape)
 
 
