@@ -6,7 +6,9 @@ read with ``allow_pickle=False``, so loading a file cannot run code. It is writt
 file beside the target and renamed over it once complete, so a crash leaves either the old file
 or the new one, never half of one.
 """
+import io
 import json
+import math
 import os
 import tempfile
 import zipfile
@@ -131,43 +133,155 @@ def load(path, cls=None):
     if cls is None:
         from .layer import BatchNormalization as cls
     path = os.fspath(path)
+    reader = _Reader(path)
+    contents = reader.read(_KEYS)
+    fmt = contents["format"]
+    if fmt.ndim != 0 or fmt.dtype.kind not in "iu":
+        reader.fail(f"its format is not a number ({fmt.dtype}, shape {fmt.shape})")
+    if int(fmt) != FORMAT:
+        raise ValueError(f"{path!r} has format {int(fmt)}; this numbabn reads format {FORMAT}")
+    class_name = reader.text(contents, "class_name")
+    if class_name != cls.__name__:
+        raise ValueError(f"{path!r} holds a {class_name}, not a {cls.__name__}")
+    config = reader.json(contents, "config")
+    spec = reader.json(contents, "input_spec")
+    if not isinstance(config, dict):
+        reader.fail(f"its configuration is a {type(config).__name__}, not a dict")
     try:
-        with np.load(path, allow_pickle=False) as data:
-            contents = {key: data[key] for key in data.files}
-    except FileNotFoundError:
-        raise
-    except (zipfile.BadZipFile, ValueError, OSError, EOFError, KeyError) as err:
-        raise ValueError(f"{path!r} is not a readable numbabn layer file: {err}") from err
-    missing = [k for k in _KEYS if k not in contents]
-    if missing:
-        raise ValueError(f"{path!r} is not a numbabn layer file: missing {missing}")
-    if int(contents["format"]) != FORMAT:
-        raise ValueError(f"{path!r} has format {int(contents['format'])}; this numbabn reads "
-                         f"format {FORMAT}")
-    if str(contents["class_name"]) != cls.__name__:
-        raise ValueError(f"{path!r} holds a {contents['class_name']}, not a {cls.__name__}")
-    try:
-        config = json.loads(str(contents["config"]))
-        spec = json.loads(str(contents["input_spec"]))
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{path!r} has a corrupt configuration: {err}") from err
-    layer = cls.from_config(config)
+        layer = cls.from_config(config)
+    except (TypeError, ValueError, KeyError, AttributeError, RecursionError) as err:
+        reader.fail(f"its configuration is not that of a layer ({type(err).__name__}: {err})")
     if spec is None:
         return layer
-    dims = {int(a): d for a, d in spec["dims"].items()}
-    layer.build(tuple(dims.get(a) for a in range(spec["ndim"])))
-    names = [str(n) for n in contents["weight_names"]]
+    shape = _checked_spec(reader, spec)
+    names = contents["weight_names"]
+    if names.ndim != 1 or names.dtype.kind != "U":
+        reader.fail(f"its weight names are not a list of strings ({names.dtype}, shape "
+                    f"{names.shape})")
+    names = [str(n) for n in names]
+    # every weight holds one value per feature: check the stored weights' shapes before
+    # building allocates anything of the size the specification claims
+    features = math.prod(shape[a] for a in range(len(shape)) if shape[a] is not None and
+                         a in {int(k) for k in spec["dims"]})
+    headers = reader.headers([f"w{i}" for i in range(len(names))])
+    for i, (name, (w_shape, w_dtype)) in enumerate(zip(names, headers)):
+        if math.prod(w_shape) != features or w_dtype.kind != "f":
+            reader.fail(f"weight {name!r} has shape {w_shape} and dtype {w_dtype}, where the "
+                        f"stored input shape needs {features} floating values")
+    try:
+        layer.build(shape)
+    except (TypeError, ValueError) as err:
+        reader.fail(f"its input shape does not fit its configuration ({err})")
     expected = [w.name.split("/")[-1] for w in layer.weights]
     if [n.split("/")[-1] for n in names] != expected:
         raise ValueError(f"{path!r} does not match its configuration: weights {names}, "
                          f"the layer has {expected}")
-    weights = []
-    for i in range(len(names)):
-        if f"w{i}" not in contents:
-            raise ValueError(f"{path!r} is missing weight {names[i]!r}")
-        weights.append(contents[f"w{i}"])
+    weights = list(reader.read([f"w{i}" for i in range(len(names))]).values())
     layer.set_weights(weights)
     return layer
+
+
+def _checked_spec(reader, spec):
+    """The input shape of a stored input specification ``{"ndim": n, "dims": {axis: size}}``."""
+    def is_int(v):
+        return isinstance(v, int) and not isinstance(v, bool)
+    if not (isinstance(spec, dict) and is_int(spec.get("ndim")) and 0 < spec["ndim"] <= 64
+            and isinstance(spec.get("dims"), dict)):
+        reader.fail(f"its input specification is not {{'ndim': int, 'dims': dict}}: {spec!r:.200}")
+    ndim, dims = spec["ndim"], {}
+    for axis, size in spec["dims"].items():
+        if not (isinstance(axis, str) and axis.isdigit() and int(axis) < ndim and is_int(size)
+                and size >= 0):
+            reader.fail(f"its input specification has a bad feature axis {axis!r}: {size!r}")
+        dims[int(axis)] = size
+    return tuple(dims.get(a) for a in range(ndim))
+
+
+class _Reader:
+    """Reads the members of a layer file that :func:`load` asks for, and nothing else.
+
+    A member is read only after its declared uncompressed size passed a bound (the file's own
+    size, with room for compression), and an array only after its header says it is a plain
+    array of no more values than its member holds; unknown members are never read. Every
+    problem is a ``ValueError`` that names the file.
+    """
+
+    HEADROOM = 1 << 16
+
+    def __init__(self, path):
+        self.path = path
+        try:
+            size = os.path.getsize(path)
+            self.zip = zipfile.ZipFile(path)
+            self.members = {info.filename: info for info in self.zip.infolist()}
+        except FileNotFoundError:
+            raise
+        except (zipfile.BadZipFile, OSError, ValueError, EOFError) as err:
+            raise ValueError(f"{path!r} is not a readable numbabn layer file: {err}") from err
+        # np.savez stores members uncompressed; allow a compressed file a generous ratio
+        self.limit = 64 * size + self.HEADROOM
+        self._data = {}                  # members read so far, by key
+
+    def fail(self, why):
+        raise ValueError(f"{self.path!r} is not a valid numbabn layer file: {why}")
+
+    def _member(self, key):
+        info = self.members.get(f"{key}.npy")
+        if info is None:
+            raise ValueError(f"{self.path!r} is not a numbabn layer file: missing [{key!r}]")
+        if info.file_size > self.limit:
+            self.fail(f"member {key!r} claims {info.file_size} bytes, more than a file of this "
+                      "size can hold")
+        if key in self._data:
+            return self._data[key]
+        try:
+            data = self._data[key] = self.zip.read(info)
+            return data
+        except (zipfile.BadZipFile, OSError, ValueError, EOFError, NotImplementedError) as err:
+            raise ValueError(f"{self.path!r} is not a readable numbabn layer file: {err}") from err
+
+    def _header(self, key, data):
+        stream = io.BytesIO(data)
+        try:
+            version = np.lib.format.read_magic(stream)
+            read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                           else np.lib.format.read_array_header_2_0)
+            shape, _, dtype = read_header(stream)
+        except (ValueError, SyntaxError, TypeError, EOFError) as err:
+            self.fail(f"member {key!r} is not a NumPy array ({err})")
+        if dtype.hasobject or dtype.kind not in "biufU":
+            self.fail(f"member {key!r} holds {dtype}, not numbers or text")
+        if math.prod(shape) * dtype.itemsize > len(data):
+            self.fail(f"member {key!r} claims shape {shape} of {dtype}, more than it holds")
+        return shape, dtype
+
+    def headers(self, keys):
+        """``(shape, dtype)`` of each member, checked, without reading its values."""
+        return [self._header(key, self._member(key)) for key in keys]
+
+    def read(self, keys):
+        """The arrays of ``keys``, by key."""
+        out = {}
+        for key in keys:
+            data = self._member(key)
+            self._header(key, data)
+            try:
+                out[key] = np.lib.format.read_array(io.BytesIO(data), allow_pickle=False)
+            except (ValueError, EOFError, OSError) as err:
+                self.fail(f"member {key!r} is corrupt ({err})")
+        return out
+
+    def text(self, contents, key):
+        value = contents[key]
+        if value.ndim != 0 or value.dtype.kind != "U":
+            self.fail(f"its {key} is not a string ({value.dtype}, shape {value.shape})")
+        return str(value)
+
+    def json(self, contents, key):
+        try:
+            return json.loads(self.text(contents, key))
+        except (json.JSONDecodeError, RecursionError) as err:
+            self.fail(f"its {key} is not valid JSON ({type(err).__name__}: {err})")
 
 
 # ------------------------------------------------------------------------------------------------
