@@ -37,7 +37,7 @@ import pytest  # noqa: E402
 # The fixture generator needs TensorFlow, which the suite never imports; the PTX check runs in
 # its own process (tests/test_cuda.py), and the MPI scripts under mpiexec (test_distributed.py).
 collect_ignore = ["golden/generate.py", "golden/generate_keras3_masked.py",
-                  "golden/generate_sgd.py", "ptx_compile.py", "mpi", "reliability",
+                  "golden/generate_sgd.py", "ptx_compile.py", "mpi", "reliability", "cuda",
                   "simulator_fix.py"]
 
 # Tolerances are data: one row per compute dtype, used by every comparison in the suite.

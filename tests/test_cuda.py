@@ -6,6 +6,7 @@ simulator's launch constants (``numbabn/cuda/kernels.py``: 8 features x 4 rows p
 blocks, several units per group, several chunks per plane, and grid-stride loops. A separate
 process compiles every kernel to PTX for sm_90 with the real compiler.
 """
+import json
 import os
 import pathlib
 import subprocess
@@ -333,3 +334,17 @@ def test_both_engines_implement_one_interface():
     assert sorted(cpu.__all__) == sorted(gpu.__all__)
     for name in cpu.__all__:
         assert callable(getattr(cpu, name)) and callable(getattr(gpu, name)), name
+
+
+@pytest.mark.skipif(not SIMULATOR, reason="a GPU runs its production tiles in every test")
+def test_every_kernel_runs_with_the_gpu_tiles_on_the_simulator():
+    """The simulator normally runs scaled-down tiles (every thread is a Python thread); here
+    each kernel runs once with the GPU's 32x8 row tiles, 256-thread plane blocks and grids."""
+    root = pathlib.Path(__file__).resolve().parents[1]
+    env = dict(os.environ, NUMBA_ENABLE_CUDASIM="1", NUMBABN_CUDA_TILES="production",
+               PYTHONPATH=os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")]))
+    done = subprocess.run([sys.executable, str(root / "tests" / "cuda" / "production_tiles.py")],
+                          env=env, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    assert report["failures"] == [] and report["cases"] >= 7

@@ -23,15 +23,15 @@ __all__ = ["moments", "normalize", "backward", "moving_averages", "group_average
            "masked_moments"]
 
 # Reductions aim for about this many blocks (enough to fill a large GPU several times over).
-TARGET_BLOCKS = 4 if K.SIMULATOR else 2048
+TARGET_BLOCKS = 4 if K.SMALL_TILES else 2048
 # A planes reduction unit covers at most this many values of one plane.
-CHUNK = 2 * K.T if K.SIMULATOR else 16 * K.T
+CHUNK = 2 * K.T if K.SMALL_TILES else 16 * K.T
 # Elementwise grids stop growing here and go grid-stride.
-MAX_ROW_BLOCKS = 4 if K.SIMULATOR else 8192
-MAX_GRID_Y = 8 if K.SIMULATOR else 65535
-VECTOR_BLOCK = 32 if K.SIMULATOR else 128
-COPY_BLOCKS = 4 if K.SIMULATOR else 4096
-COPY_THREADS = 32 if K.SIMULATOR else 256
+MAX_ROW_BLOCKS = 4 if K.SMALL_TILES else 8192
+MAX_GRID_Y = 8 if K.SMALL_TILES else 65535
+VECTOR_BLOCK = 32 if K.SMALL_TILES else 128
+COPY_BLOCKS = 4 if K.SMALL_TILES else 4096
+COPY_THREADS = 32 if K.SMALL_TILES else 256
 
 
 def _stream(a):

@@ -24,15 +24,18 @@ Kernels are lazy (no signatures): importing this module needs no GPU. They take 
 scalars only; the engine (``engine.py``) owns launch shapes and allocation.
 """
 import math
+import os
 
 from numba import config, cuda, float64, uint32
 
 # Launch shapes. Under the CUDA simulator every thread is a Python thread, so blocks are kept
-# small there; the code paths are the same.
+# small there; the code paths are the same. NUMBABN_CUDA_TILES=production gives the simulator
+# the GPU's tiles and grids (tests run every kernel once that way, on small inputs).
 SIMULATOR = bool(config.ENABLE_CUDASIM)
-TX = 8 if SIMULATOR else 32          # features per rows block (one warp wide on a GPU)
-TY = 4 if SIMULATOR else 8           # rows per rows block
-T = 32 if SIMULATOR else 256         # threads of a planes block
+SMALL_TILES = SIMULATOR and os.environ.get("NUMBABN_CUDA_TILES") != "production"
+TX = 8 if SMALL_TILES else 32        # features per rows block (one warp wide on a GPU)
+TY = 4 if SMALL_TILES else 8         # rows per rows block
+T = 32 if SMALL_TILES else 256       # threads of a planes block
 WARP = 32
 # Warp shuffles are not available in the simulator; there the shared-memory tree goes to the end.
 SHUFFLE = not SIMULATOR
