@@ -20,7 +20,6 @@ simulator_fix.install()
 
 from numba import cuda  # noqa: E402
 
-import numbabn  # noqa: E402
 from numbabn import functional as F  # noqa: E402
 from numbabn import selftest  # noqa: E402
 from numbabn.cuda import kernels as K  # noqa: E402
