@@ -15,7 +15,8 @@ import threading
 @contextlib.contextmanager
 def deferred():
     """Run the block with SIGINT held; deliver a SIGINT that arrived meanwhile at its end."""
-    if threading.current_thread() is not threading.main_thread():
+    if (threading.current_thread() is not threading.main_thread()
+            or signal.getsignal(signal.SIGINT) is None):   # a handler not set from Python
         yield
         return
     pending = []

@@ -88,7 +88,11 @@ def check_float(value, name):
     """A finite-or-not real number as a Python float (bools are refused)."""
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
         raise TypeError(f"`{name}` must be a number. {received(name, value)}")
-    return float(value)
+    try:
+        return float(value)
+    except OverflowError:                # an int beyond float range, e.g. 10**400
+        raise ValueError(f"`{name}` must be a number within float range. "
+                         f"{received(name, value)}") from None
 
 
 def check_epsilon(value, name="epsilon"):

@@ -640,7 +640,7 @@ def moving_average(moving, batch_stat, momentum):
     >>> moving_average(np.array([0.0, 1.0]), np.array([10.0, 3.0]), momentum=0.75).tolist()
     [2.5, 1.5]
     """
-    momentum = _validate.check_finite(momentum, "momentum")
+    momentum = _validate.check_momentum(momentum, "momentum")
     if _dispatch.CUDA in (_dispatch.device_of(moving), _dispatch.device_of(batch_stat)):
         return _moving_average_on_device(moving, batch_stat, momentum)
     out = _validate.as_real_array(moving, "moving", None)

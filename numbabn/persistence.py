@@ -12,6 +12,7 @@ import math
 import os
 import tempfile
 import zipfile
+import zlib
 
 import numpy as np
 
@@ -133,7 +134,11 @@ def load(path, cls=None):
     if cls is None:
         from .layer import BatchNormalization as cls
     path = os.fspath(path)
-    reader = _Reader(path)
+    with _Reader(path) as reader:
+        return _load(reader, path, cls)
+
+
+def _load(reader, path, cls):
     contents = reader.read(_KEYS)
     fmt = contents["format"]
     if fmt.ndim != 0 or fmt.dtype.kind not in "iu":
@@ -149,7 +154,8 @@ def load(path, cls=None):
         reader.fail(f"its configuration is a {type(config).__name__}, not a dict")
     try:
         layer = cls.from_config(config)
-    except (TypeError, ValueError, KeyError, AttributeError, RecursionError) as err:
+    except (TypeError, ValueError, KeyError, AttributeError, RecursionError,
+            OverflowError) as err:
         reader.fail(f"its configuration is not that of a layer ({type(err).__name__}: {err})")
     if spec is None:
         return layer
@@ -159,6 +165,8 @@ def load(path, cls=None):
         reader.fail(f"its weight names are not a list of strings ({names.dtype}, shape "
                     f"{names.shape})")
     names = [str(n) for n in names]
+    if not names:
+        reader.fail("it stores an input shape but no weights")
     # every weight holds one value per feature: check the stored weights' shapes before
     # building allocates anything of the size the specification claims
     features = math.prod(shape[a] for a in range(len(shape)) if shape[a] is not None and
@@ -190,8 +198,8 @@ def _checked_spec(reader, spec):
         reader.fail(f"its input specification is not {{'ndim': int, 'dims': dict}}: {spec!r:.200}")
     ndim, dims = spec["ndim"], {}
     for axis, size in spec["dims"].items():
-        if not (isinstance(axis, str) and axis.isdigit() and int(axis) < ndim and is_int(size)
-                and size >= 0):
+        if not (isinstance(axis, str) and axis.isascii() and axis.isdigit() and int(axis) < ndim
+                and is_int(size) and size >= 0):
             reader.fail(f"its input specification has a bad feature axis {axis!r}: {size!r}")
         dims[int(axis)] = size
     return tuple(dims.get(a) for a in range(ndim))
@@ -218,27 +226,54 @@ class _Reader:
             raise
         except (zipfile.BadZipFile, OSError, ValueError, EOFError) as err:
             raise ValueError(f"{path!r} is not a readable numbabn layer file: {err}") from err
-        # np.savez stores members uncompressed; allow a compressed file a generous ratio
+        # np.savez stores members uncompressed; allow a compressed file a generous ratio, for
+        # all the members read together
         self.limit = 64 * size + self.HEADROOM
         self._data = {}                  # members read so far, by key
+        self._read = 0
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.zip.close()
 
     def fail(self, why):
         raise ValueError(f"{self.path!r} is not a valid numbabn layer file: {why}")
 
+    CHUNK = 1 << 20
+
     def _member(self, key):
+        if key in self._data:
+            return self._data[key]
         info = self.members.get(f"{key}.npy")
         if info is None:
             raise ValueError(f"{self.path!r} is not a numbabn layer file: missing [{key!r}]")
-        if info.file_size > self.limit:
+        if info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
+            self.fail(f"member {key!r} is compressed with method {info.compress_type} (numbabn "
+                      "reads stored and deflated members)")
+        if info.file_size > self.limit - self._read:
             self.fail(f"member {key!r} claims {info.file_size} bytes, more than a file of this "
                       "size can hold")
-        if key in self._data:
-            return self._data[key]
+        # read in bounded chunks: a size that lies cannot make the inflater produce more
+        chunks, total = [], 0
         try:
-            data = self._data[key] = self.zip.read(info)
-            return data
-        except (zipfile.BadZipFile, OSError, ValueError, EOFError, NotImplementedError) as err:
+            with self.zip.open(info) as member:
+                while True:
+                    chunk = member.read(self.CHUNK)
+                    if not chunk:
+                        break
+                    total += len(chunk)
+                    if total > info.file_size:
+                        self.fail(f"member {key!r} holds more than the {info.file_size} bytes "
+                                  "it declares")
+                    chunks.append(chunk)
+        except (zipfile.BadZipFile, OSError, EOFError, NotImplementedError, RuntimeError,
+                zlib.error) as err:   # RuntimeError: an encrypted member
             raise ValueError(f"{self.path!r} is not a readable numbabn layer file: {err}") from err
+        data = self._data[key] = b"".join(chunks)
+        self._read += len(data)
+        return data
 
     def _header(self, key, data):
         stream = io.BytesIO(data)
@@ -251,8 +286,9 @@ class _Reader:
             self.fail(f"member {key!r} is not a NumPy array ({err})")
         if dtype.hasobject or dtype.kind not in "biufU":
             self.fail(f"member {key!r} holds {dtype}, not numbers or text")
-        if math.prod(shape) * dtype.itemsize > len(data):
-            self.fail(f"member {key!r} claims shape {shape} of {dtype}, more than it holds")
+        if any(d < 0 or d > len(data) for d in shape) or (
+                math.prod(shape) * dtype.itemsize != len(data) - stream.tell()):
+            self.fail(f"member {key!r} claims shape {shape} of {dtype}, not what it holds")
         return shape, dtype
 
     def headers(self, keys):
@@ -280,7 +316,7 @@ class _Reader:
     def json(self, contents, key):
         try:
             return json.loads(self.text(contents, key))
-        except (json.JSONDecodeError, RecursionError) as err:
+        except (ValueError, RecursionError) as err:      # JSONDecodeError, huge integers
             self.fail(f"its {key} is not valid JSON ({type(err).__name__}: {err})")
 
 

@@ -306,3 +306,49 @@ def test_corrupt_files_are_value_errors_naming_the_file(case, rng, tmp_path):
         _rewrite(good, path, **CORRUPT[case])
     with pytest.raises(ValueError, match=re.escape(repr(str(path)))):
         numbabn.load(path)
+
+
+def _npy_with_header(header):
+    """The bytes of a .npy member whose header is the dict literal ``header`` and no data."""
+    text = header.encode("latin1")
+    text += b" " * (63 - (len(text) + 10) % 64) + b"\n"
+    return b"\x93NUMPY\x01\x00" + len(text).to_bytes(2, "little") + text
+
+
+def _zip_like(good, path, replace=None, compression=zipfile.ZIP_STORED):
+    """A copy of the npz ``good`` with members replaced by raw bytes, written with
+    ``compression``."""
+    with zipfile.ZipFile(good) as src, zipfile.ZipFile(path, "w", compression) as dst:
+        for info in src.infolist():
+            data = (replace or {}).get(info.filename, src.read(info))
+            dst.writestr(info.filename, data)
+
+
+def test_more_crafted_files_are_value_errors_naming_the_file(rng, tmp_path):
+    good = tmp_path / "good.npz"
+    trained({}, (8, 3), rng).save(good)
+    cases = {}
+    _zip_like(good, tmp_path / "bzip2.npz", compression=zipfile.ZIP_BZIP2)
+    cases["bzip2.npz"] = "compressed with method 12"
+    _zip_like(good, tmp_path / "huge-dim.npz", {"w0.npy": _npy_with_header(
+        "{'descr': '<f4', 'fortran_order': False, 'shape': (18446744073709551616, 0), }")})
+    cases["huge-dim.npz"] = "not what it holds"
+    _rewrite(good, tmp_path / "no-names.npz", weight_names=np.array([], dtype=str),
+             w0=None, w1=None, w2=None, w3=None,
+             input_spec=np.array(json.dumps({"ndim": 2, "dims": {"1": 4_000_000}})))
+    cases["no-names.npz"] = "no weights"
+    with np.load(good) as data:
+        config = json.loads(str(data["config"]))
+    _rewrite(good, tmp_path / "overflow.npz",
+             config=np.array(json.dumps(config).replace('"momentum": 0.99', '"momentum": ' +
+                                                        "9" * 400)))
+    cases["overflow.npz"] = "configuration"
+    _rewrite(good, tmp_path / "superscript.npz",
+             input_spec=np.array(json.dumps({"ndim": 2, "dims": {"\u00b2": 3}})))
+    cases["superscript.npz"] = "feature axis"
+    for name, why in cases.items():
+        path = tmp_path / name
+        peak = _peak_bytes(lambda: pytest.raises(ValueError, numbabn.load, path))
+        with pytest.raises(ValueError, match=re.escape(repr(str(path))) + ".*" + why):
+            numbabn.load(path)
+        assert peak < 8 << 20, name
