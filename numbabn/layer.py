@@ -1207,7 +1207,6 @@ class BatchNormalization:
             reduce_sums = functools.partial(self._sync.sums, eng)   # the backward's collective
         else:                            # ghost groups stay within a process
             batch_mean, batch_var, groups = self._sync.group_average(eng, mean, var)
-            empty_everywhere = groups == 0
         C = layout.channels
         ones, zeros = eng.constant(C, 1.0), eng.constant(C, 0.0)
         r, d = (self._renorm_correction(eng, device, batch_mean, batch_var) if self.renorm
@@ -1220,8 +1219,10 @@ class BatchNormalization:
             zeros if beta is None else beta, r, d, adj_scale, adj_bias,
             out=self._output(layout, self._compute_dtype, "y", device), dtype=self._compute_dtype)
         cache.count, cache.reduce_sums, cache.weights = count, reduce_sums, weights
-        if count == 0 if self._sync is None or self.virtual_batch_size is None \
-                else empty_everywhere:
+        # ghost groups stay within a process: there only the group count says whether any
+        # process held data
+        ghost_sync = self._sync is not None and self.virtual_batch_size is not None
+        if (groups == 0) if ghost_sync else (count == 0):
             return y, cache, None        # an empty batch (on every process): no statistics
 
         def commit():
