@@ -152,8 +152,9 @@ def check_ghost_axes(axes, shown_axis):
 
 
 def check_ghost_batch(virtual_batch_size, shape):
-    """A training batch must be a non-empty multiple of ``virtual_batch_size``."""
-    if not shape or shape[0] == 0 or shape[0] % virtual_batch_size:
+    """A training batch must be a multiple of ``virtual_batch_size`` (an empty one is: it has no
+    ghost batch, and changes nothing)."""
+    if not shape or shape[0] % virtual_batch_size:
         raise ValueError(
             "`virtual_batch_size` must divide the batch size in training. Received: "
             f"virtual_batch_size={virtual_batch_size} for inputs with shape {tuple(shape)}")

@@ -143,7 +143,7 @@ def _identity(a):
     return a
 
 
-def _prepare(x, axis, virtual_batch_size=None, allow_empty=False):
+def _prepare(x, axis, virtual_batch_size=None):
     """Validate ``x`` and ``axis``. Returns the canonical compute-dtype input, its layout, its
     device, the dtype results are returned in (``x``'s, native, when floating; float32
     otherwise) and the function that turns engine arrays into ``x``'s kind."""
@@ -154,8 +154,7 @@ def _prepare(x, axis, virtual_batch_size=None, allow_empty=False):
     virtual_batch_size = _validate.check_virtual_batch_size(virtual_batch_size)
     if virtual_batch_size is not None:
         _validate.check_ghost_axes(axes, list(axes))
-        if not (allow_empty and x.shape and x.shape[0] == 0):
-            _validate.check_ghost_batch(virtual_batch_size, x.shape)
+        _validate.check_ghost_batch(virtual_batch_size, x.shape)
     layout = Layout(x.shape, axes, virtual_batch_size)
     eng = _dispatch.engine(device)
     x, wrap = eng.adopt(x)
@@ -435,7 +434,7 @@ def batch_norm_train(x, gamma=None, beta=None, *, axis=-1, epsilon=1e-3, virtual
     >>> bool(np.allclose(cache.mean, seq[:, :3].mean(axis=(0, 1))))
     True
     """
-    xc, layout, device, dtype_in, wrap = _prepare(x, axis, virtual_batch_size, allow_empty=True)
+    xc, layout, device, dtype_in, wrap = _prepare(x, axis, virtual_batch_size)
     epsilon = _validate.check_epsilon(epsilon)
     eng = _dispatch.engine(device)
     weights = None

@@ -1120,7 +1120,7 @@ class BatchNormalization:
             self._check_input_spec(shape)
         self._resolve_axes(len(shape))
         # an empty batch is normalized to an empty output and changes no state (PyTorch's rule)
-        if training and self.virtual_batch_size is not None and shape and shape[0]:
+        if training and self.virtual_batch_size is not None:
             _validate.check_ghost_batch(self.virtual_batch_size, shape)
 
     def _check_training(self, training):
