@@ -193,7 +193,7 @@ def _shifted_moments(x, rows_per_sample, groups):
         u_mean, u_m2 = _workspace("partials", np.float64, (units, C), (units, C))
         _pick(kernels.unit_moments_planes, x)(x, block, u_mean, u_m2)
     _pick(kernels.merge_moments, u_mean)(u_mean, u_m2, per_sample, parts, length, block,
-                                              groups, mean, m2)
+                                         groups, mean, m2)
     m2 /= count
     return mean, m2
 
@@ -210,7 +210,7 @@ def normalize(x, rows_per_sample, groups, mean, var, epsilon, gamma, beta, r, d,
     inv_std = np.empty((G, C))
     m_hi, a, b = np.empty((3, G, C), dtype=_arith(x.dtype))
     _pick(kernels.affine_coefficients, mean)(mean, var, epsilon, gamma, beta, r, d,
-                                                  adj_scale, adj_bias, inv_std, m_hi, a, b)
+                                             adj_scale, adj_bias, inv_std, m_hi, a, b)
     return _affine(x, rows_per_sample, groups, m_hi, a, b, out, dtype), inv_std
 
 
@@ -231,7 +231,7 @@ def _affine_into(x, rows_per_sample, groups, m, a, b, out):
         _pick(kernels.affine_rows, x)(x, rows_per_sample, groups, block, m, a, b, out)
     else:
         _pick(kernels.affine_planes, x)(x, rows_per_sample, groups,
-                                             min(x.shape[2], TASK_ELEMENTS), m, a, b, out)
+                                        min(x.shape[2], TASK_ELEMENTS), m, a, b, out)
 
 
 def grad_sums(x, dy, rows_per_sample, groups, m_hi):
@@ -248,7 +248,7 @@ def grad_sums(x, dy, rows_per_sample, groups, m_hi):
     x, dy = _raw(x), _raw(dy)
     if _small_groups(x, rows_per_sample, groups):
         _pick(kernels.group_grad_sums_rows, x)(x, dy, rows_per_sample, groups, m_hi, sum_dy,
-                                                    sum_dyxc)
+                                               sum_dyxc)
         return sum_dy, sum_dyxc
     if x.ndim == 2:
         block = _row_block(rows_per_sample, C, UNIT_ELEMENTS)
@@ -256,7 +256,7 @@ def grad_sums(x, dy, rows_per_sample, groups, m_hi):
         units = samples * per_sample
         u_dy, u_dyxc = _workspace("partials", np.float64, (units, C), (units, C))
         _pick(kernels.unit_grad_sums_rows, x)(x, dy, rows_per_sample, groups, block, m_hi,
-                                                   u_dy, u_dyxc)
+                                              u_dy, u_dyxc)
     else:
         inner = x.shape[2]
         chunk = min(inner, UNIT_ELEMENTS)
@@ -265,7 +265,7 @@ def grad_sums(x, dy, rows_per_sample, groups, m_hi):
         u_dy, u_dyxc = _workspace("partials", np.float64, (x.shape[0] * per_row, C),
                                   (x.shape[0] * per_row, C))
         _pick(kernels.unit_grad_sums_planes, x)(x, dy, rows_per_sample, groups, chunk, m_hi,
-                                                     u_dy, u_dyxc)
+                                                u_dy, u_dyxc)
     _pick(kernels.merge_sums, u_dy)(u_dy, u_dyxc, per_sample, groups, sum_dy, sum_dyxc)
     return sum_dy, sum_dyxc
 
@@ -291,8 +291,8 @@ def backward(x, dy, rows_per_sample, groups, mean, inv_std, count, training, gam
     dy_mean, k_dy, k_xc, k_0 = np.empty((4, G, C), dtype=arith)
     dgamma, dbeta = np.empty(C), np.empty(C)
     _pick(kernels.grad_coefficients, mean)(sum_dy, sum_dyxc, mean, inv_std, float(count),
-                                                training, gamma, r, d, adj_scale, adj_bias, m_hi,
-                                                dy_mean, k_dy, k_xc, k_0, dgamma, dbeta)
+                                           training, gamma, r, d, adj_scale, adj_bias, m_hi,
+                                           dy_mean, k_dy, k_xc, k_0, dgamma, dbeta)
     if not training:                     # dx = dy * k: the affine pass with m = b = 0
         return _affine(dy, rows_per_sample, groups, k_xc, k_dy, k_0, out, dtype), dgamma, dbeta
     dx = _result(x.shape, dtype, arith) if out is None else out
@@ -313,18 +313,18 @@ def _grad_input_into(x, dy, rows_per_sample, groups, weights, m_hi, dy_mean, k_d
                 k_xc, k_0, dx)
         else:
             _pick(kernels.masked_grad_input_planes, x)(x, dy, weights, m_hi, dy_mean, k_dy,
-                                                            k_xc, k_0, dx)
+                                                       k_xc, k_0, dx)
     elif _small_groups(x, rows_per_sample, groups):
         _pick(kernels.grad_input_rows_by_group, x)(x, dy, rows_per_sample, groups, m_hi,
-                                                        dy_mean, k_dy, k_xc, k_0, dx)
+                                                   dy_mean, k_dy, k_xc, k_0, dx)
     elif x.ndim == 2:
         block = _row_block(x.shape[0], C, TASK_ELEMENTS)
         _pick(kernels.grad_input_rows, x)(x, dy, rows_per_sample, groups, block, m_hi,
-                                               dy_mean, k_dy, k_xc, k_0, dx)
+                                          dy_mean, k_dy, k_xc, k_0, dx)
     else:
         _pick(kernels.grad_input_planes, x)(x, dy, rows_per_sample, groups,
-                                                 min(x.shape[2], TASK_ELEMENTS), m_hi,
-                                                 dy_mean, k_dy, k_xc, k_0, dx)
+                                            min(x.shape[2], TASK_ELEMENTS), m_hi,
+                                            dy_mean, k_dy, k_xc, k_0, dx)
 
 
 def moving_averages(first, first_stat, second, second_stat, decay, second_scale=1.0):
