@@ -10,8 +10,7 @@ import threading
 
 import numpy as np
 
-from . import _dispatch, _interrupts, _validate
-from . import functional as F
+from . import _dispatch, _interrupts, _ops, _validate
 from . import keras_compat as kc
 from ._buffers import OutputPool
 from ._layout import Layout
@@ -981,10 +980,10 @@ class BatchNormalization:
                     f"{_validate.received(f'{key}_regularizer', var.regularizer)}")
             out[key] = np.asarray(gradient(var.value), np.float64).astype(self._param_dtype)
         if out and self._cache is not None:
-            cache = self._cache[0]
+            cache = self._cache
             if cache.device != _dispatch.CPU:
                 eng = _dispatch.engine(cache.device)
-                out = {k: cache.wrap(eng.to_device(v, like=cache.x)) for k, v in out.items()}
+                out = {k: cache.wrap(_ops.to_device(eng, v, cache.x)) for k, v in out.items()}
         return out
 
     def apply_constraints(self):
@@ -1078,9 +1077,7 @@ class BatchNormalization:
         >>> bool(np.allclose(y[:, :4].mean(axis=(0, 1)), 0.0, atol=1e-5))
         True
         """
-        x, device = _validate.as_input_array(inputs, "inputs")
-        eng = _dispatch.engine(device)       # an unavailable engine fails before any state change
-        x, wrap = eng.adopt(x)
+        x, device, eng, wrap = _ops.adopt(inputs, "inputs")
         training = self._check_training(training)
         if mask is not None and training and self.virtual_batch_size is not None:
             raise ValueError("`mask` cannot be combined with `virtual_batch_size`. "
@@ -1094,12 +1091,11 @@ class BatchNormalization:
             self.build(x.shape)
         try:
             if training:
-                y, cache, commit = self._train(x, device, mask)
+                y, cache, commit = self._train(x, eng, wrap, mask)
             else:
-                y, cache = self._infer(x, device)
+                y, cache = self._infer(x, eng, wrap)
                 commit = None
-            y = wrap(eng.astype(y, self._compute_dtype))
-            cache.wrap = wrap
+            y = wrap(y)
         except BaseException:
             if building:                 # a failed first call leaves the layer as it found it
                 self._unbuild()
@@ -1109,7 +1105,7 @@ class BatchNormalization:
         self._valid_shapes.add(checked)      # passed every check: skip them next time
         if commit is not None:
             commit()                     # state changes only once everything has succeeded
-        self._cache = (cache, np.dtype(x.dtype).newbyteorder("="))
+        self._cache = cache
         if training:
             self.grads = {}              # this call's gradients come with its backward
         return y
@@ -1156,10 +1152,15 @@ class BatchNormalization:
             self._layouts[key] = layout
         return layout
 
-    def _flat(self, key, device):
-        """Weight ``key`` as the flat vector the engine of ``device`` takes (None if absent)."""
+    def _flat(self, key, eng):
+        """Weight ``key`` as the flat vector the engine ``eng`` takes (None if absent)."""
         var = self._variables.get(key)
-        return None if var is None else _dispatch.engine(device).as_vector(var.live(device))
+        return None if var is None else _ops.vector(eng, var.live(eng.DEVICE))
+
+    def _dx_dtype(self, x):
+        """The backward's ``dx`` dtype: the input's floating dtype, else the compute dtype."""
+        return (np.dtype(x.dtype).newbyteorder("=") if _validate.is_float(x.dtype)
+                else self._compute_dtype)
 
     def _adjustment_factors(self, shape):
         """Call ``adjustment`` and reduce its outputs to per-feature ``(C,)`` vectors."""
@@ -1184,41 +1185,38 @@ class BatchNormalization:
             factors.append(np.ascontiguousarray(full).reshape(-1))
         return factors
 
-    def _train(self, x, device, mask=None):
+    def _train(self, x, eng, wrap, mask=None):
         layout = self._layout(x.shape, self.virtual_batch_size is not None)
-        eng = _dispatch.engine(device)
-        xc = eng.canonical(x, layout, self._compute_dtype)
-        weights = None
-        if mask is not None:
-            weights = F.mask_weights(mask, layout, device)
-            mean, var, count = eng.masked_moments(xc, weights)
-            if self._sync is None:
-                F.check_masked_count(count, layout)
-        else:
-            mean, var = eng.moments(xc, layout.rows_per_sample, layout.groups)
-            count = layout.count
+        xc = _ops.canonical(eng, x, layout, self._compute_dtype)
+        weights = None if mask is None else _ops.mask_weights(mask, layout, eng.DEVICE)
+        mean, var, count = _ops.statistics(eng, xc, layout, weights)
+        if weights is not None and self._sync is None:
+            _ops.check_masked_count(count, layout)
         reduce_sums = None
         if self._sync is None:
             # under ghost batching the moving statistics take the average over groups
-            batch_mean, batch_var = eng.group_average(mean, var)
+            batch_mean, batch_var = _ops.group_average(eng, mean, var)
         elif self.virtual_batch_size is None:
             mean, var, count = self._sync.moments(eng, mean, var, count)
             batch_mean, batch_var = mean[0], var[0]
             reduce_sums = functools.partial(self._sync.sums, eng)   # the backward's collective
         else:                            # ghost groups stay within a process
             batch_mean, batch_var, groups = self._sync.group_average(eng, mean, var)
-        C = layout.channels
-        ones, zeros = eng.constant(C, 1.0), eng.constant(C, 0.0)
-        r, d = (self._renorm_correction(eng, device, batch_mean, batch_var) if self.renorm
-                else (ones, zeros))
-        adj_scale, adj_bias = ([eng.to_device(f, xc) for f in self._adjustment_factors(x.shape)]
-                               if self.adjustment is not None else (ones, zeros))
-        gamma, beta = self._flat("gamma", device), self._flat("beta", device)
-        y, cache = F.normalize_vectors(
-            xc, layout, device, mean, var, self.epsilon, ones if gamma is None else gamma,
-            zeros if beta is None else beta, r, d, adj_scale, adj_bias,
-            out=self._output(layout, self._compute_dtype, "y", device), dtype=self._compute_dtype)
-        cache.count, cache.reduce_sums, cache.weights = count, reduce_sums, weights
+        r = d = adj_scale = adj_bias = None
+        if self.renorm:
+            r, d = _ops.renorm_correction(
+                eng, batch_mean, batch_var, self._variables["renorm_mean"].live(eng.DEVICE),
+                self._variables["renorm_stddev"].live(eng.DEVICE), self.epsilon,
+                self.renorm_clipping)
+        if self.adjustment is not None:
+            adj_scale, adj_bias = self._adjustment_factors(x.shape)
+        affine = _ops.compose(eng, layout.channels, xc, self._flat("gamma", eng),
+                              self._flat("beta", eng), r, d, adj_scale, adj_bias)
+        y, cache = _ops.normalize(
+            eng, xc, layout, mean, var, self.epsilon, affine, training=True,
+            dx_dtype=self._dx_dtype(x), count=count, weights=weights, reduce_sums=reduce_sums,
+            out=self._output(layout, self._compute_dtype, "y", eng.DEVICE),
+            dtype=self._compute_dtype, wrap=wrap)
         # ghost groups stay within a process: there only the group count says whether any
         # process held data
         ghost_sync = self._sync is not None and self.virtual_batch_size is not None
@@ -1228,20 +1226,22 @@ class BatchNormalization:
         def commit():
             if self.renorm:              # five weights, one after another: all or none
                 with _interrupts.deferred():
-                    self._update_statistics(eng, device, batch_mean, batch_var, count)
+                    self._update_statistics(eng, batch_mean, batch_var, count)
             else:                        # one kernel updates both weights
-                self._update_statistics(eng, device, batch_mean, batch_var, count)
+                self._update_statistics(eng, batch_mean, batch_var, count)
         return y, cache, commit
 
-    def _infer(self, x, device):
+    def _infer(self, x, eng, wrap):
         layout = self._layout(x.shape, False)
-        eng = _dispatch.engine(device)
-        xc = eng.canonical(x, layout, self._compute_dtype)
-        return F.normalize_moving(xc, layout, device, self._flat("moving_mean", device),
-                                  self._flat("moving_variance", device), self.epsilon,
-                                  self._flat("gamma", device), self._flat("beta", device),
-                                  out=self._output(layout, self._compute_dtype, "y", device),
-                                  dtype=self._compute_dtype)
+        xc = _ops.canonical(eng, x, layout, self._compute_dtype)
+        C = layout.channels
+        affine = _ops.compose(eng, C, xc, self._flat("gamma", eng), self._flat("beta", eng))
+        return _ops.normalize(
+            eng, xc, layout, self._flat("moving_mean", eng).reshape(1, C),
+            self._flat("moving_variance", eng).reshape(1, C), self.epsilon, affine,
+            training=False, dx_dtype=self._dx_dtype(x),
+            out=self._output(layout, self._compute_dtype, "y", eng.DEVICE),
+            dtype=self._compute_dtype, wrap=wrap)
 
     def _output(self, layout, dtype, role, device):
         """A reusable array for a result of ``layout``'s shape, or None to let the op allocate.
@@ -1254,39 +1254,26 @@ class BatchNormalization:
             return None
         return self._outputs.take(layout.shape, dtype, role)
 
-    def _renorm_correction(self, eng, device, mean, var):
-        """Batch renormalization's r and d from pre-update renorm statistics (held constant)."""
-        clip = self.renorm_clipping
-        return eng.renorm_correction(mean, var, self._variables["renorm_mean"].live(device),
-                                     self._variables["renorm_stddev"].live(device), self.epsilon,
-                                     clip.get("rmin"), clip.get("rmax"), clip.get("dmax"))
-
     def _decay(self, momentum):
         # Keras forms 1 - momentum in Python and stores it as a float32 tensor.
         return float(np.float32(1.0 - momentum))
 
-    def _update_statistics(self, eng, device, mean, var, count):
+    def _update_statistics(self, eng, mean, var, count):
         """The moving-average updates of one training step (``mean``/``var``: biased, (C,))."""
         def live(key):
-            return self._variables[key].live(device)
+            return self._variables[key].live(eng.DEVICE)
         frozen = not self._trainable
         if self.renorm:
-            stddev = eng.stddev(var, self.epsilon)
-            decay = self._decay(self.renorm_momentum)
-            eng.moving_averages(live("renorm_mean"), mean, live("renorm_stddev"), stddev, decay)
-            if frozen:
-                return
-            decay = self._decay(self.momentum)
-            eng.moving_averages(live("moving_mean"), mean, live("moving_stddev"), stddev, decay)
-            eng.variance_from_stddev(live("moving_variance"), live("moving_stddev"),
-                                     self.epsilon)
+            moving = None if frozen else (live("moving_mean"), live("moving_stddev"),
+                                          live("moving_variance"), self._decay(self.momentum))
+            _ops.update_renorm(eng, live("renorm_mean"), live("renorm_stddev"), mean, var,
+                               self.epsilon, self._decay(self.renorm_momentum), moving)
             return
         if frozen:
             return
         bessel = count / max(count - 1, 1) if self._fused_path else 1.0
-        decay = self._decay(self.momentum)
-        eng.moving_averages(live("moving_mean"), mean, live("moving_variance"), var, decay,
-                            second_scale=bessel)
+        _ops.update_moving(eng, live("moving_mean"), live("moving_variance"), mean, var,
+                           self._decay(self.momentum), variance_scale=bessel)
 
     def backward(self, dy):
         """Gradient of the last call with respect to its input.
@@ -1338,30 +1325,26 @@ class BatchNormalization:
         """
         if self._cache is None:
             raise RuntimeError(f"backward() called on layer {self.name!r} before any forward call")
-        cache, input_dtype = self._cache
-        dy, device = _validate.as_input_array(dy, "dy")
-        _dispatch.check_same_device(cache.device, [("dy", dy)])
+        cache = self._cache
+        dy, device, eng, _ = _ops.adopt(dy, "dy", cache.device)
         if tuple(dy.shape) != cache.layout.shape:
             raise ValueError(f"`dy` must have the shape of the last input {cache.layout.shape}. "
                              f"Received: dy with shape {tuple(dy.shape)}")
-        eng = _dispatch.engine(device)
-        dy, _ = eng.adopt(dy)
-        dx_dtype = input_dtype if _validate.is_float(input_dtype) else self._compute_dtype
-        dx, dgamma, dbeta = F.backward(dy, cache, dtype=dx_dtype,
-                                       out=self._output(cache.layout, dx_dtype, "dx", device))
+        dx, dgamma, dbeta = _ops.backward(
+            eng, dy, cache, out=self._output(cache.layout, cache.dx_dtype, "dx", device))
         if self._sync is not None and cache.training and cache.layout.ghost:
             dgamma, dbeta = self._sync.sums(eng, dgamma, dbeta)    # the whole batch's gradients
         grads = {}
         wrap = cache.wrap
         if self._trainable:
             if self.scale:
-                grads["gamma"] = wrap(eng.astype(dgamma, self._param_dtype).reshape(
-                    self._param_shape))
+                grads["gamma"] = wrap(_ops.as_weight(eng, dgamma, self._param_dtype,
+                                                     self._param_shape))
             if self.center:
-                grads["beta"] = wrap(eng.astype(dbeta, self._param_dtype).reshape(
-                    self._param_shape))
+                grads["beta"] = wrap(_ops.as_weight(eng, dbeta, self._param_dtype,
+                                                    self._param_shape))
         self.grads = grads
-        return wrap(eng.astype(dx, dx_dtype))
+        return wrap(dx)
 
     # --------------------------------------------------------------------------------------------
     # config

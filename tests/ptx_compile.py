@@ -52,10 +52,10 @@ def signatures():
             wv, wm = arr(w, 1), arr(w, 2)
             for mean in (f64_2, wm):
                 out.append(("affine_coefficients", (mean, mean, float64, wv, wv, f64_1, f64_1,
-                                                    f64_1, f64_1, f64_2, c2, c2, c2)))
-                out.append(("grad_coefficients", (f64_2, f64_2, mean, f64_2, float64, boolean, wv,
-                                                  f64_1, f64_1, f64_1, f64_1, c2, c2, c2, c2, c2,
-                                                  f64_1, f64_1)))
+                                                    f64_2, c2, c2, c2)))
+                out.append(("grad_coefficients", (f64_2, f64_2, mean, c2, f64_2, float64, boolean,
+                                                  wv, f64_1, f64_1, c2, c2, c2, c2, f64_1,
+                                                  f64_1)))
             out.append(("renorm_correction", (f64_1, f64_1, wv, wv, float64, float64, float64,
                                               float64, f64_1, f64_1)))
     # float16 data read and written as it is, float32 coefficients and arithmetic

@@ -328,12 +328,20 @@ def test_cupy_non_contiguous_and_transposed(rng):
     assert_close(cupy.asnumpy(y), want)
 
 
-def test_both_engines_implement_one_interface():
-    from numbabn import cpu
-    from numbabn import cuda as gpu
-    assert sorted(cpu.__all__) == sorted(gpu.__all__)
-    for name in cpu.__all__:
-        assert callable(getattr(cpu, name)) and callable(getattr(gpu, name)), name
+@pytest.mark.parametrize("engine_name", ["cpu", "cuda"])
+def test_each_engine_implements_the_interface(engine_name):
+    """Every function of the engine Protocol, with its parameters (names, kinds, defaults);
+    and nothing public beyond it."""
+    import importlib
+    import inspect
+
+    from numbabn import _engine
+    eng = importlib.import_module(f"numbabn.{engine_name}")
+    wanted = _engine.interface()
+    assert sorted(eng.__all__) == sorted(set(wanted) | {"DEVICE"})
+    assert eng.DEVICE == engine_name
+    for name, signature in wanted.items():
+        assert inspect.signature(getattr(eng, name)) == signature, name
 
 
 @pytest.mark.skipif(not SIMULATOR, reason="a GPU runs its production tiles in every test")

@@ -18,11 +18,15 @@ import numpy as np
 
 from . import kernels, threads
 
-__all__ = ["moments", "normalize", "backward", "moving_averages", "group_average",
+__all__ = ["DEVICE", "moments", "forward_coefficients", "affine", "grad_sums", "gradient_coefficients",
+           "grad_input", "moving_averages", "group_average",
            "renorm_correction", "stddev", "variance_from_stddev", "adopt", "to_host", "to_device",
            "constant", "canonical", "restore", "astype", "copy", "empty", "add_scaled", "assign", "as_vector", "stack",
            "combine_moments", "sum_over_ranks", "weighted_average", "mask_weights",
            "masked_moments"]
+
+# the device name the dispatcher knows this engine by
+DEVICE = "cpu"
 
 # A reduction unit covers about this many elements: large enough that the (units, C) float64
 # partials cost a few percent of the input's traffic, small enough to spread over cores.
@@ -198,23 +202,22 @@ def _shifted_moments(x, rows_per_sample, groups):
     return mean, m2
 
 
-def normalize(x, rows_per_sample, groups, mean, var, epsilon, gamma, beta, r, d, adj_scale,
-              adj_bias, out=None, dtype=None):
-    """``gamma * (adj_scale * (r * xhat + d) + adj_bias) + beta``, and ``1 / sqrt(var + eps)``.
+def forward_coefficients(x, mean, var, epsilon, affine):
+    """``(inv_std, m_hi, a, b)``, ``(groups, C)``, of ``y = (x - m_hi) * a + b``.
 
-    ``mean``/``var`` are float64 ``(groups, C)``, the factors ``(C,)`` vectors. ``y`` is written
-    into ``out``, else into a new array of ``dtype`` (default: the arithmetic dtype, float32
-    for half-precision ``x``). Returns ``(y, inv_std)``.
+    ``mean``/``var`` are float64 ``(groups, C)``; ``affine`` holds the ``(C,)`` factors
+    (``gamma``, ``beta``, ``scale``, ``shift``). ``inv_std`` is float64, the others are in the
+    arithmetic dtype of ``x`` (float32 for half precision).
     """
     G, C = mean.shape
     inv_std = np.empty((G, C))
     m_hi, a, b = np.empty((3, G, C), dtype=_arith(x.dtype))
-    _pick(kernels.affine_coefficients, mean)(mean, var, epsilon, gamma, beta, r, d,
-                                             adj_scale, adj_bias, inv_std, m_hi, a, b)
-    return _affine(x, rows_per_sample, groups, m_hi, a, b, out, dtype), inv_std
+    _pick(kernels.affine_coefficients, mean)(mean, var, epsilon, affine.gamma, affine.beta,
+                                             affine.scale, affine.shift, inv_std, m_hi, a, b)
+    return inv_std, m_hi, a, b
 
 
-def _affine(x, rows_per_sample, groups, m, a, b, out, dtype=None):
+def affine(x, rows_per_sample, groups, m, a, b, out=None, dtype=None):
     """``(x - m) * a + b`` per (group, feature) into ``out`` or a new array of ``dtype``."""
     y = _result(x.shape, dtype, m.dtype) if out is None else out
     if x.size:
@@ -270,36 +273,33 @@ def grad_sums(x, dy, rows_per_sample, groups, m_hi):
     return sum_dy, sum_dyxc
 
 
-def backward(x, dy, rows_per_sample, groups, mean, inv_std, count, training, gamma, r, d,
-             adj_scale, adj_bias, out=None, reduce_sums=None, weights=None, dtype=None):
-    """Input and parameter gradients of :func:`normalize` (``training``) or of inference.
+def gradient_coefficients(x, sum_dy, sum_dyxc, mean, m_hi, inv_std, count, training, affine):
+    """``(dy_mean, k_dy, k_xc, k_0, dgamma, dbeta)`` from the sums of :func:`grad_sums`.
 
-    Returns ``(dx, dgamma (C,), dbeta (C,))``; ``mean``/``inv_std`` are those of the forward pass.
-    ``reduce_sums(sum_dy, sum_dyxc) -> (sum_dy, sum_dyxc)``, if given, replaces the per-(group,
-    feature) sums before they are used (synchronized batch norm adds those of other processes;
-    ``count`` is then the global count). ``weights``: the mask of a masked training call (see
-    :func:`masked_moments`); positions outside it get only the direct term of ``dx``. ``out``
-    and ``dtype`` as in :func:`normalize`.
+    ``dx = k_dy * (dy - dy_mean) + k_xc * (x - m_hi) + k_0`` per (group, feature), in the
+    arithmetic dtype of ``x``; ``dgamma`` and ``dbeta`` are float64 ``(C,)``. ``count`` is the
+    number of values behind each statistic (over every process, for synchronized sums).
     """
     G, C = mean.shape
-    mean = np.ascontiguousarray(mean, dtype=np.float64)
-    arith = _arith(x.dtype)
-    m_hi = mean.astype(arith)
-    sum_dy, sum_dyxc = grad_sums(x, dy, rows_per_sample, groups, m_hi)
-    if reduce_sums is not None:
-        sum_dy, sum_dyxc = (np.ascontiguousarray(a) for a in reduce_sums(sum_dy, sum_dyxc))
-    dy_mean, k_dy, k_xc, k_0 = np.empty((4, G, C), dtype=arith)
+    dy_mean, k_dy, k_xc, k_0 = np.empty((4, G, C), dtype=_arith(x.dtype))
     dgamma, dbeta = np.empty(C), np.empty(C)
-    _pick(kernels.grad_coefficients, mean)(sum_dy, sum_dyxc, mean, inv_std, float(count),
-                                           training, gamma, r, d, adj_scale, adj_bias, m_hi,
-                                           dy_mean, k_dy, k_xc, k_0, dgamma, dbeta)
-    if not training:                     # dx = dy * k: the affine pass with m = b = 0
-        return _affine(dy, rows_per_sample, groups, k_xc, k_dy, k_0, out, dtype), dgamma, dbeta
-    dx = _result(x.shape, dtype, arith) if out is None else out
+    _pick(kernels.grad_coefficients, mean)(
+        np.ascontiguousarray(sum_dy), np.ascontiguousarray(sum_dyxc), mean, m_hi, inv_std,
+        float(count), training, affine.gamma, affine.scale, affine.shift, dy_mean, k_dy, k_xc,
+        k_0, dgamma, dbeta)
+    return dy_mean, k_dy, k_xc, k_0, dgamma, dbeta
+
+
+def grad_input(x, dy, rows_per_sample, groups, weights, m_hi, dy_mean, k_dy, k_xc, k_0,
+               out=None, dtype=None):
+    """``dx = k_dy * (dy - dy_mean) + k_xc * (x - m_hi) + k_0`` into ``out`` or a new array of
+    ``dtype`` (default: the arithmetic dtype). ``weights``: the mask of a masked training call
+    (see :func:`masked_moments`), one group."""
+    dx = _result(x.shape, dtype, _arith(x.dtype)) if out is None else out
     if x.size:
         _grad_input_into(_raw(x), _raw(dy), rows_per_sample, groups, weights, m_hi, dy_mean,
                          k_dy, k_xc, k_0, _raw(dx))
-    return (dx if dtype is None or dx.dtype == dtype else dx.astype(dtype)), dgamma, dbeta
+    return dx if dtype is None or dx.dtype == dtype else dx.astype(dtype)
 
 
 def _grad_input_into(x, dy, rows_per_sample, groups, weights, m_hi, dy_mean, k_dy, k_xc, k_0,
@@ -349,15 +349,15 @@ def group_average(mean, var):
 
 def renorm_correction(mean, var, renorm_mean, renorm_stddev, epsilon, rmin, rmax, dmax):
     """Batch renormalization's ``(r, d)``, float64 ``(C,)``; ``None`` bounds do not clip."""
-    rs = np.maximum(renorm_stddev.reshape(-1).astype(np.float64), np.sqrt(epsilon))
-    r = np.sqrt(var + epsilon) / rs
-    d = (mean - renorm_mean.reshape(-1).astype(np.float64)) / rs
-    if rmin is not None:
-        r = np.maximum(r, rmin)
-    if rmax is not None:
-        r = np.minimum(r, rmax)
-    if dmax is not None:
-        d = np.clip(d, -dmax, dmax)
+    C = mean.shape[0]
+    r, d = np.empty(C), np.empty(C)
+    inf = math.inf
+    kernels.renorm_correction(np.ascontiguousarray(mean, np.float64),
+                              np.ascontiguousarray(var, np.float64), renorm_mean.reshape(-1),
+                              renorm_stddev.reshape(-1), float(epsilon),
+                              -inf if rmin is None else float(rmin),
+                              inf if rmax is None else float(rmax),
+                              inf if dmax is None else float(dmax), r, d)
     return r, d
 
 

@@ -28,11 +28,12 @@ array types, so float32/float64 kernels compile to exactly what they were withou
 Kernels take arrays and scalars only: no type checks, no allocation policy (the caller owns every
 output and scratch buffer), no validation.
 """
+import math
 from types import FunctionType
 
 import numpy as np
 from llvmlite import ir
-from numba import njit, prange, types
+from numba import float64, njit, prange, types
 from numba.extending import intrinsic, overload
 
 # Vectorizing a float reduction needs reassociation; nnan/ninf stay off so NaN propagates.
@@ -680,77 +681,113 @@ def grad_input_planes(x, dy, rows_per_sample, groups, chunk, m, dy_mean, k_dy, k
 
 
 # ------------------------------------------------------------------------------------------------
+# per-feature formulas, written once: compiled here for the CPU and, from the same Python
+# functions (``.py_func``), as device functions of the CUDA kernels. They use ``math`` and
+# ``float64()`` only, and compare with ``<``/``>`` so that a NaN propagates on both targets (and
+# divide float64 values, so the CUDA simulator gives IEEE infinities rather than raising).
+
+
+@njit(inline="always", error_model="numpy")
+def forward_coefficients(mean, var, epsilon, gamma, beta, scale, shift, m_hi):
+    """``(inv_std, a, b)`` of ``y = (x - m_hi) * a + b`` for one (group, feature).
+
+    ``y = gamma * (scale * xhat + shift) + beta`` with ``xhat = (x - mean) * inv_std``. ``m_hi``
+    is the mean rounded to ``x``'s dtype; the remainder ``mean - m_hi`` moves into ``b``, so
+    ``x - m_hi`` is exact for x near the mean and the output keeps float64 accuracy in the
+    centring.
+    """
+    inv = 1.0 / float64(math.sqrt(var + epsilon))
+    k = float64(gamma) * scale * inv
+    return inv, k, float64(gamma) * shift + float64(beta) - (mean - m_hi) * k
+
+
+@njit(inline="always", error_model="numpy")
+def gradient_coefficients(sum_dy, sum_dyxc, mean, m_hi, inv, count, training, gamma, scale,
+                          shift):
+    """``(dy_mean, k_dy, k_xc, k_0, dgamma)`` of one (group, feature).
+
+    ``dx = k_dy * (dy - dy_mean) + k_xc * (x - m_hi) + k_0``; ``sum_dyxc`` is
+    ``sum(dy * (x - m_hi))``, corrected here for the rounding remainder of ``m_hi``. With
+    ``k = gamma * scale * inv`` and ``n = count``, in training::
+
+        dx     = k * (dy - sum_dy / n - xhat * sum(dy * xhat) / n)
+        dgamma = scale * sum(dy * xhat) + shift * sum_dy
+
+    and in inference (the statistics are constants) ``dx = k * dy``.
+    """
+    lo = mean - m_hi
+    s_dyxc = sum_dyxc - lo * sum_dy                  # sum(dy * (x - mean))
+    k = float64(gamma) * scale * inv
+    dgamma = scale * (s_dyxc * inv) + shift * sum_dy
+    if training:
+        kx = -k * inv * inv * s_dyxc / count         # the xhat * sum(dy * xhat) / n term
+        return sum_dy / count, k, kx, -lo * kx, dgamma
+    return 0.0, k, 0.0, 0.0, dgamma
+
+
+@njit(inline="always", error_model="numpy")
+def renorm_factors(mean, var, renorm_mean, renorm_stddev, epsilon, rmin, rmax, dmax):
+    """Batch renormalization's ``(r, d)`` of one feature: ``r = clip(std / renorm_std)``,
+    ``d = clip((mean - renorm_mean) / renorm_std)``, with ``renorm_std >= sqrt(epsilon)``;
+    infinite bounds do not clip."""
+    rs = float64(renorm_stddev)
+    floor = float64(math.sqrt(epsilon))
+    if rs < floor:
+        rs = floor
+    r = float64(math.sqrt(var + epsilon)) / rs
+    d = (mean - float64(renorm_mean)) / rs
+    if r < rmin:
+        r = rmin
+    if r > rmax:
+        r = rmax
+    if d < -dmax:
+        d = -dmax
+    if d > dmax:
+        d = dmax
+    return r, d
+
+
+# ------------------------------------------------------------------------------------------------
 # O(C) work, sequential: coefficients and moving statistics
 
 
 @_parallel_and_serial
-def affine_coefficients(mean, var, epsilon, gamma, beta, r, d, adj_scale, adj_bias,
-                        inv_std, m_hi, a, b):
-    """Coefficients of ``y = (x - m_hi) * a + b`` for the training (or inference) output.
-
-    ``y = gamma * (adj_scale * (r * xhat + d) + adj_bias) + beta`` with ``xhat`` normalized by
-    ``mean``/``var`` (float64 ``(G, C)``); the per-feature factors are ``(C,)`` vectors. The mean
-    is rounded to ``m_hi`` (the dtype of ``x``) and its remainder moves into ``b``: ``x - m_hi``
-    is exact for x near the mean, so the output keeps float64 accuracy in the centring.
-    """
+def affine_coefficients(mean, var, epsilon, gamma, beta, scale, shift, inv_std, m_hi, a, b):
+    """:func:`forward_coefficients` of every (group, feature): ``mean``/``var`` float64
+    ``(G, C)``, the factors ``(C,)`` vectors; fills ``inv_std``, ``m_hi``, ``a``, ``b``."""
     G, C = mean.shape
     for g in prange(G):
         for c in range(C):
-            inv = 1.0 / np.sqrt(var[g, c] + epsilon)
-            inv_std[g, c] = inv
             m_hi[g, c] = mean[g, c]
-            lo = mean[g, c] - np.float64(m_hi[g, c])
-            scale = np.float64(gamma[c]) * adj_scale[c] * r[c] * inv
-            a[g, c] = scale
-            b[g, c] = (np.float64(gamma[c]) * (adj_scale[c] * d[c] + adj_bias[c])
-                       + np.float64(beta[c]) - lo * scale)
-
+            inv_std[g, c], a[g, c], b[g, c] = forward_coefficients(
+                mean[g, c], var[g, c], epsilon, gamma[c], beta[c], scale[c], shift[c],
+                float64(m_hi[g, c]))
 
 
 @_parallel_and_serial
-def grad_coefficients(sum_dy, sum_dyxc, mean, inv_std, count, training, gamma, r, d, adj_scale,
-                      adj_bias, m_hi, dy_mean, k_dy, k_xc, k_0, dgamma, dbeta):
-    """Coefficients of ``dx = k_dy * (dy - dy_mean) + k_xc * (x - m_hi) + k_0``; dgamma, dbeta.
-
-    ``sum_dyxc`` is ``sum(dy * (x - m_hi))`` around the mean rounded to ``x``'s dtype (``m_hi``,
-    filled here); the rounding remainder is corrected for in float64. With
-    ``A = gamma * adj_scale * r`` and ``n = count``, in training::
-
-        dx     = A * inv * (dy - sum_dy / n - xhat * sum(dy * xhat) / n)
-        dgamma = sum over groups of
-                 adj_scale * (r * sum(dy * xhat) + d * sum_dy) + adj_bias * sum_dy
-
-    and in inference ``dx = A * inv * dy``, ``dgamma = sum(dy * xhat)``.
-    """
+def grad_coefficients(sum_dy, sum_dyxc, mean, m_hi, inv_std, count, training, gamma, scale,
+                      shift, dy_mean, k_dy, k_xc, k_0, dgamma, dbeta):
+    """:func:`gradient_coefficients` of every (group, feature); ``dgamma`` and ``dbeta`` sum
+    the groups in order."""
     G, C = mean.shape
-    for g in prange(G):
-        for c in range(C):
-            m_hi[g, c] = mean[g, c]
-            lo = mean[g, c] - np.float64(m_hi[g, c])
-            sum_dyxc[g, c] -= lo * sum_dy[g, c]          # now sum(dy * (x - mean))
-            inv = inv_std[g, c]
-            scale = np.float64(gamma[c]) * adj_scale[c] * r[c] * inv
-            k_dy[g, c] = scale
-            if training:
-                kx = -scale * inv * inv * sum_dyxc[g, c] / count    # xhat * sum(dy * xhat) / n
-                dy_mean[g, c] = sum_dy[g, c] / count
-                k_xc[g, c] = kx
-                k_0[g, c] = -lo * kx
-            else:
-                dy_mean[g, c] = 0.0
-                k_xc[g, c] = 0.0
-                k_0[g, c] = 0.0
-    dgamma[:] = 0.0
-    dbeta[:] = 0.0
-    for g in range(G):
-        for c in range(C):
-            dy_xhat = sum_dyxc[g, c] * inv_std[g, c]
-            if training:
-                dgamma[c] += (adj_scale[c] * (r[c] * dy_xhat + d[c] * sum_dy[g, c])
-                              + adj_bias[c] * sum_dy[g, c])
-            else:
-                dgamma[c] += dy_xhat
-            dbeta[c] += sum_dy[g, c]
+    for c in prange(C):
+        dg, db = 0.0, 0.0
+        for g in range(G):
+            dy_mean[g, c], k_dy[g, c], k_xc[g, c], k_0[g, c], part = gradient_coefficients(
+                sum_dy[g, c], sum_dyxc[g, c], mean[g, c], float64(m_hi[g, c]), inv_std[g, c],
+                count, training, gamma[c], scale[c], shift[c])
+            dg += part
+            db += sum_dy[g, c]
+        dgamma[c] = dg
+        dbeta[c] = db
+
+
+@njit(**_SEQ)
+def renorm_correction(mean, var, renorm_mean, renorm_stddev, epsilon, rmin, rmax, dmax, r, d):
+    """:func:`renorm_factors` of every feature into ``r`` and ``d`` (float64 ``(C,)``)."""
+    for c in range(mean.shape[0]):
+        r[c], d[c] = renorm_factors(mean[c], var[c], renorm_mean[c], renorm_stddev[c], epsilon,
+                                    rmin, rmax, dmax)
 
 
 @njit(**_SEQ)

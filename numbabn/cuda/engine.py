@@ -16,11 +16,15 @@ from numba import cuda
 
 from . import kernels as K
 
-__all__ = ["moments", "normalize", "backward", "moving_averages", "group_average",
+__all__ = ["DEVICE", "moments", "forward_coefficients", "affine", "grad_sums", "gradient_coefficients",
+           "grad_input", "moving_averages", "group_average",
            "renorm_correction", "stddev", "variance_from_stddev", "adopt", "to_host", "to_device",
            "constant", "canonical", "restore", "astype", "copy", "empty", "add_scaled", "assign", "as_vector", "stack",
            "combine_moments", "sum_over_ranks", "weighted_average", "mask_weights",
            "masked_moments"]
+
+# the device name the dispatcher knows this engine by
+DEVICE = "cuda"
 
 # Reductions aim for about this many blocks (enough to fill a large GPU several times over).
 TARGET_BLOCKS = 4 if K.SMALL_TILES else 2048
@@ -355,18 +359,16 @@ def group_average(mean, var):
 # normalization
 
 
-def normalize(x, rows_per_sample, groups, mean, var, epsilon, gamma, beta, r, d, adj_scale,
-              adj_bias, out=None, dtype=None):
-    """``gamma * (adj_scale * (r * xhat + d) + adj_bias) + beta``, and ``1 / sqrt(var + eps)``.
-
-    ``y`` is computed in ``x``'s dtype and delivered in ``out`` or as a new array of ``dtype``.
-    """
+def forward_coefficients(x, mean, var, epsilon, affine):
+    """``(inv_std, m_hi, a, b)``, ``(groups, C)``, of ``y = (x - m_hi) * a + b`` (see the CPU
+    engine)."""
     G, C = mean.shape
     inv_std = _empty((G, C), np.float64, x)
     m_hi, a, b = (_empty((G, C), _arith(x.dtype), x) for _ in range(3))
-    _vector_launch(K.affine_coefficients, G * C, x)(mean, var, epsilon, gamma, beta, r, d,
-                                                    adj_scale, adj_bias, inv_std, m_hi, a, b)
-    return _affine(x, rows_per_sample, groups, m_hi, a, b, out, dtype), inv_std
+    _vector_launch(K.affine_coefficients, G * C, x)(mean, var, epsilon, affine.gamma,
+                                                    affine.beta, affine.scale, affine.shift,
+                                                    inv_std, m_hi, a, b)
+    return inv_std, m_hi, a, b
 
 
 def _deliver(y, dtype):
@@ -381,7 +383,7 @@ def _elementwise_grid(x):
     return (max(1, min(-(-I // K.T), 64)), max(1, min(R * C, MAX_GRID_Y))), K.T
 
 
-def _affine(x, rows_per_sample, groups, m, a, b, out, dtype=None):
+def affine(x, rows_per_sample, groups, m, a, b, out=None, dtype=None):
     """``(x - m) * a + b`` per (group, feature) into ``out`` or a new array of ``dtype``."""
     out = _result(x, dtype, m.dtype) if out is None else out
     if x.size:
@@ -417,40 +419,36 @@ def grad_sums(x, dy, rows_per_sample, groups, m_hi):
     return sum_dy, sum_dyxc
 
 
-def backward(x, dy, rows_per_sample, groups, mean, inv_std, count, training, gamma, r, d,
-             adj_scale, adj_bias, out=None, reduce_sums=None, weights=None, dtype=None):
-    """Input and parameter gradients of :func:`normalize` (``training``) or of inference.
-
-    Returns ``(dx, dgamma (C,), dbeta (C,))``; ``reduce_sums`` as in the CPU engine, ``out`` and
-    ``dtype`` as in :func:`normalize`.
-    """
+def gradient_coefficients(x, sum_dy, sum_dyxc, mean, m_hi, inv_std, count, training, affine):
+    """``(dy_mean, k_dy, k_xc, k_0, dgamma, dbeta)`` from the sums of :func:`grad_sums` (see
+    the CPU engine)."""
     G, C = mean.shape
-    arith = _arith(x.dtype)
-    m_hi = _empty((G, C), arith, x)
-    _vector_launch(K.cast, G * C, x)(mean.reshape(-1), m_hi.reshape(-1))
-    sum_dy, sum_dyxc = grad_sums(x, dy, rows_per_sample, groups, m_hi)
-    if reduce_sums is not None:
-        sum_dy, sum_dyxc = reduce_sums(sum_dy, sum_dyxc)
-    dy_mean, k_dy, k_xc, k_0 = (_empty((G, C), arith, x) for _ in range(4))
+    dy_mean, k_dy, k_xc, k_0 = (_empty((G, C), _arith(x.dtype), x) for _ in range(4))
     dgamma = _empty(C, np.float64, x)
     dbeta = _empty(C, np.float64, x)
-    _vector_launch(K.grad_coefficients, C, x)(sum_dy, sum_dyxc, mean, inv_std, float(count),
-                                              training, gamma, r, d, adj_scale, adj_bias, m_hi,
-                                              dy_mean, k_dy, k_xc, k_0, dgamma, dbeta)
-    if not training:                     # dx = dy * k: the affine pass with m = b = 0
-        return _affine(dy, rows_per_sample, groups, k_xc, k_dy, k_0, out, dtype), dgamma, dbeta
-    dx = _result(x, dtype, arith) if out is None else out
+    _vector_launch(K.grad_coefficients, C, x)(sum_dy, sum_dyxc, mean, m_hi, inv_std,
+                                              float(count), training, affine.gamma,
+                                              affine.scale, affine.shift, dy_mean, k_dy, k_xc,
+                                              k_0, dgamma, dbeta)
+    return dy_mean, k_dy, k_xc, k_0, dgamma, dbeta
+
+
+def grad_input(x, dy, rows_per_sample, groups, weights, m_hi, dy_mean, k_dy, k_xc, k_0,
+               out=None, dtype=None):
+    """``dx = k_dy * (dy - dy_mean) + k_xc * (x - m_hi) + k_0`` into ``out`` or a new array of
+    ``dtype``; ``weights``: the mask of a masked training call."""
+    dx = _result(x, dtype, _arith(x.dtype)) if out is None else out
     if x.size == 0:
-        return _deliver(dx, dtype), dgamma, dbeta
+        return _deliver(dx, dtype)
     grid, block = _elementwise_grid(x)
     if weights is not None:
         kernel = K.masked_grad_input_rows if x.ndim == 2 else K.masked_grad_input_planes
         kernel[grid, block, _stream(x)](x, dy, weights, m_hi, dy_mean, k_dy, k_xc, k_0, dx)
-        return _deliver(dx, dtype), dgamma, dbeta
-    kernel = K.grad_input_rows if x.ndim == 2 else K.grad_input_planes
-    kernel[grid, block, _stream(x)](x, dy, rows_per_sample, groups, m_hi, dy_mean, k_dy, k_xc,
-                                    k_0, dx)
-    return _deliver(dx, dtype), dgamma, dbeta
+    else:
+        kernel = K.grad_input_rows if x.ndim == 2 else K.grad_input_planes
+        kernel[grid, block, _stream(x)](x, dy, rows_per_sample, groups, m_hi, dy_mean, k_dy,
+                                        k_xc, k_0, dx)
+    return _deliver(dx, dtype)
 
 
 # ------------------------------------------------------------------------------------------------

@@ -28,6 +28,8 @@ import os
 
 from numba import config, cuda, float64, uint32
 
+from ..cpu import kernels as cpu_kernels
+
 # Launch shapes. Under the CUDA simulator every thread is a Python thread, so blocks are kept
 # small there; the code paths are the same. NUMBABN_CUDA_TILES=production gives the simulator
 # the GPU's tiles and grids (tests run every kernel once that way, on small inputs).
@@ -317,63 +319,54 @@ def masked_nan_means_as_sums(x, w, mean):
 
 
 # ------------------------------------------------------------------------------------------------
-# per-feature coefficients (one thread per (group, feature)); the formulas are the CPU engine's
+# per-feature coefficients: the formulas are the CPU kernels' (``numbabn.cpu.kernels``), compiled
+# from the same Python functions as device functions
+
+
+def _device_function(formula):
+    return cuda.jit(device=True, inline=True)(formula.py_func)
+
+
+_forward_coefficients = _device_function(cpu_kernels.forward_coefficients)
+_gradient_coefficients = _device_function(cpu_kernels.gradient_coefficients)
+_renorm_factors = _device_function(cpu_kernels.renorm_factors)
 
 
 @cuda.jit
-def affine_coefficients(mean, var, epsilon, gamma, beta, r, d, adj_scale, adj_bias, inv_std,
-                        m_hi, a, b):
-    """``y = (x - m_hi) * a + b`` for ``gamma * (adj_scale * (r * xhat + d) + adj_bias) + beta``.
-
-    The mean is rounded to ``m_hi`` (``x``'s dtype) and its remainder moves into ``b``.
-    """
+def affine_coefficients(mean, var, epsilon, gamma, beta, scale, shift, inv_std, m_hi, a, b):
+    """``y = (x - m_hi) * a + b`` per (group, feature): one thread each."""
     G, C = mean.shape
     t = cuda.grid(1)
     if t < G * C:
         g = t // C
         c = t - g * C
-        # float64(): IEEE inf for a zero variance with epsilon=0 also on the simulator, where
-        # Python's float division would raise
-        inv = 1.0 / float64(math.sqrt(var[g, c] + epsilon))
-        inv_std[g, c] = inv
         m_hi[g, c] = mean[g, c]
-        lo = mean[g, c] - float64(m_hi[g, c])
-        scale = float64(gamma[c]) * adj_scale[c] * r[c] * inv
-        a[g, c] = scale
-        b[g, c] = (float64(gamma[c]) * (adj_scale[c] * d[c] + adj_bias[c]) + float64(beta[c])
-                   - lo * scale)
+        inv, k, off = _forward_coefficients(mean[g, c], var[g, c], epsilon, gamma[c], beta[c],
+                                            scale[c], shift[c], float64(m_hi[g, c]))
+        inv_std[g, c] = inv
+        a[g, c] = k
+        b[g, c] = off
 
 
 @cuda.jit
-def grad_coefficients(sum_dy, sum_dyxc, mean, inv_std, count, training, gamma, r, d, adj_scale,
-                      adj_bias, m_hi, dy_mean, k_dy, k_xc, k_0, dgamma, dbeta):
-    """``dx = k_dy * (dy - dy_mean) + k_xc * (x - m_hi) + k_0`` and dgamma, dbeta (see the CPU
-    kernel of the same name for the derivation). One thread per feature, groups in order."""
+def grad_coefficients(sum_dy, sum_dyxc, mean, m_hi, inv_std, count, training, gamma, scale, shift,
+                      dy_mean, k_dy, k_xc, k_0, dgamma, dbeta):
+    """``dx = k_dy * (dy - dy_mean) + k_xc * (x - m_hi) + k_0`` and dgamma, dbeta. One thread
+    per feature, groups in order."""
     G, C = mean.shape
     c = cuda.grid(1)
     if c < C:
         dg, db = 0.0, 0.0
         for g in range(G):
-            m_hi[g, c] = mean[g, c]
-            lo = mean[g, c] - float64(m_hi[g, c])
-            s_dy = sum_dy[g, c]
-            s_dyxc = sum_dyxc[g, c] - lo * s_dy              # sum(dy * (x - mean))
-            inv = inv_std[g, c]
-            scale = float64(gamma[c]) * adj_scale[c] * r[c] * inv
-            k_dy[g, c] = scale
-            dy_xhat = s_dyxc * inv
-            if training:
-                kx = -scale * inv * inv * s_dyxc / count
-                dy_mean[g, c] = s_dy / count
-                k_xc[g, c] = kx
-                k_0[g, c] = -lo * kx
-                dg += adj_scale[c] * (r[c] * dy_xhat + d[c] * s_dy) + adj_bias[c] * s_dy
-            else:
-                dy_mean[g, c] = 0.0
-                k_xc[g, c] = 0.0
-                k_0[g, c] = 0.0
-                dg += dy_xhat
-            db += s_dy
+            m, k, kx, k0, part = _gradient_coefficients(
+                sum_dy[g, c], sum_dyxc[g, c], mean[g, c], float64(m_hi[g, c]), inv_std[g, c],
+                count, training, gamma[c], scale[c], shift[c])
+            dy_mean[g, c] = m
+            k_dy[g, c] = k
+            k_xc[g, c] = kx
+            k_0[g, c] = k0
+            dg += part
+            db += sum_dy[g, c]
         dgamma[c] = dg
         dbeta[c] = db
 
@@ -394,15 +387,11 @@ def group_average(mean, var, batch_mean, batch_var):
 
 @cuda.jit
 def renorm_correction(mean, var, renorm_mean, renorm_stddev, epsilon, rmin, rmax, dmax, r, d):
-    """Batch renormalization's ``r = clip(std / renorm_std)``, ``d = clip((mean - renorm_mean)
-    / renorm_std)``, with ``renorm_std >= sqrt(epsilon)``; infinite bounds do not clip."""
+    """Batch renormalization's ``(r, d)`` per feature (the formula: ``renorm_factors``)."""
     c = cuda.grid(1)
     if c < mean.shape[0]:
-        rs = max(float64(renorm_stddev[c]), math.sqrt(epsilon))
-        rc = math.sqrt(var[c] + epsilon) / rs
-        dc = (mean[c] - float64(renorm_mean[c])) / rs
-        r[c] = min(max(rc, rmin), rmax)
-        d[c] = min(max(dc, -dmax), dmax)
+        r[c], d[c] = _renorm_factors(mean[c], var[c], renorm_mean[c], renorm_stddev[c], epsilon,
+                                     rmin, rmax, dmax)
 
 
 @cuda.jit
