@@ -88,6 +88,19 @@ class Primitives(Protocol):
                    k_0, out=None, dtype=None):
         """``dx = k_dy * (dy - dy_mean) + k_xc * (x - m_hi) + k_0``."""
 
+    def train_small(self, x, epsilon, affine, out=None, dtype=None):
+        """``(y, mean, var, inv_std, m_hi)`` of a one-group training pass in one kernel, or
+        None where the engine has none for ``x`` (then :meth:`moments`,
+        :meth:`forward_coefficients` and :meth:`affine` run)."""
+
+    def infer_small(self, x, mean, var, epsilon, affine, out=None, dtype=None):
+        """``(y, inv_std, m_hi)``: :meth:`forward_coefficients` and :meth:`affine` in one
+        kernel, or None."""
+
+    def backward_small(self, x, dy, mean, m_hi, inv_std, count, training, affine, out=None,
+                       dtype=None):
+        """``(dx, dgamma, dbeta)`` of a one-group input in one kernel, or None."""
+
     def renorm_correction(self, mean, var, renorm_mean, renorm_stddev, epsilon, rmin, rmax,
                           dmax):
         """Batch renormalization's ``(r, d)``, float64 ``(C,)``."""

@@ -228,15 +228,42 @@ def normalize(eng, xc, layout, mean, var, epsilon, affine, *, training, dx_dtype
     ``reduce_sums`` describe the statistics (see :func:`statistics` and the Synchronizer).
     """
     groups = layout.groups if training else 1
-    inv_std, m_hi, a, b = eng.forward_coefficients(xc, mean, var, epsilon, affine)
-    y = eng.affine(xc, layout.rows_per_sample, groups, m_hi, a, b, _canonical_out(out, layout),
-                   dtype)
-    cache = BatchNormCache(x=xc, layout=layout, device=eng.DEVICE,
+    canonical_out = _canonical_out(out, layout)
+    fused = None if training else eng.infer_small(xc, mean, var, epsilon, affine, canonical_out,
+                                                  dtype)
+    if fused is None:
+        inv_std, m_hi, a, b = eng.forward_coefficients(xc, mean, var, epsilon, affine)
+        y = eng.affine(xc, layout.rows_per_sample, groups, m_hi, a, b, canonical_out, dtype)
+    else:
+        y, inv_std, m_hi = fused
+    return _restored(eng, y, out, layout), _cache(
+        eng, xc, layout, training, mean, var, inv_std, m_hi, affine, count, dx_dtype, weights,
+        reduce_sums, wrap)
+
+
+def train(eng, xc, layout, epsilon, affine, *, dx_dtype, out=None, dtype=None, wrap=_identity):
+    """:func:`statistics` then :func:`normalize` of a training call whose statistics are this
+    batch's own (no mask, no collective, no renormalization): one fused kernel where the engine
+    has one. Returns ``(y, cache)``; the statistics are ``cache._mean``, ``cache._var``."""
+    if layout.groups == 1:
+        fused = eng.train_small(xc, epsilon, affine, _canonical_out(out, layout), dtype)
+        if fused is not None:
+            y, mean, var, inv_std, m_hi = fused
+            return _restored(eng, y, out, layout), _cache(
+                eng, xc, layout, True, mean, var, inv_std, m_hi, affine, None, dx_dtype, None,
+                None, wrap)
+    mean, var, _ = statistics(eng, xc, layout)
+    return normalize(eng, xc, layout, mean, var, epsilon, affine, training=True,
+                     dx_dtype=dx_dtype, out=out, dtype=dtype, wrap=wrap)
+
+
+def _cache(eng, xc, layout, training, mean, var, inv_std, m_hi, affine, count, dx_dtype, weights,
+           reduce_sums, wrap):
+    return BatchNormCache(x=xc, layout=layout, device=eng.DEVICE,
                            training=training, mean=mean, var=var, inv_std=inv_std, m_hi=m_hi,
                            affine=affine, count=layout.count if count is None else count,
                            dx_dtype=dx_dtype, weights=weights if training else None,
                            reduce_sums=reduce_sums if training else None, wrap=wrap)
-    return _restored(eng, y, out, layout), cache
 
 
 # ------------------------------------------------------------------------------------------------
@@ -253,13 +280,19 @@ def backward(eng, dy, cache, out=None):
     P = layout.rows_per_sample
     x = cache.x
     dyc = eng.canonical(dy, layout, compute_dtype(x.dtype))
+    canonical_out = _canonical_out(out, layout)
+    if groups == 1 and cache.weights is None and cache.reduce_sums is None:
+        fused = eng.backward_small(x, dyc, cache._mean, cache.m_hi, cache._inv_std, cache.count,
+                                   training, cache.affine, canonical_out, cache.dx_dtype)
+        if fused is not None:
+            dx, dgamma, dbeta = fused
+            return _restored(eng, dx, out, layout), dgamma, dbeta
     sum_dy, sum_dyxc = eng.grad_sums(x, dyc, P, groups, cache.m_hi)
     if cache.reduce_sums is not None:
         sum_dy, sum_dyxc = cache.reduce_sums(sum_dy, sum_dyxc)
     dy_mean, k_dy, k_xc, k_0, dgamma, dbeta = eng.gradient_coefficients(
         x, sum_dy, sum_dyxc, cache._mean, cache.m_hi, cache._inv_std, cache.count, training,
         cache.affine)
-    canonical_out = _canonical_out(out, layout)
     if training:
         dx = eng.grad_input(x, dyc, P, groups, cache.weights, cache.m_hi, dy_mean, k_dy, k_xc,
                             k_0, canonical_out, cache.dx_dtype)

@@ -216,9 +216,12 @@ def batch_norm_train(x, gamma=None, beta=None, *, axis=-1, epsilon=1e-3, virtual
     C = layout.channels
     affine = _ops.compose(eng, C, xc, _per_feature_vector(gamma, C, "gamma", 1.0, eng, xc),
                           _per_feature_vector(beta, C, "beta", 0.0, eng, xc))
+    if weights is None:
+        y, cache = _ops.train(eng, xc, layout, epsilon, affine, dx_dtype=dtype_in,
+                              dtype=dtype_in, wrap=wrap)
+        return wrap(y), cache
     mean, var, count = _ops.statistics(eng, xc, layout, weights)
-    if weights is not None:
-        _ops.check_masked_count(count, layout)
+    _ops.check_masked_count(count, layout)
     y, cache = _ops.normalize(eng, xc, layout, mean, var, epsilon, affine, training=True,
                               dx_dtype=dtype_in, count=count, weights=weights, dtype=dtype_in,
                               wrap=wrap)

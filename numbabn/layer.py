@@ -1188,6 +1188,8 @@ class BatchNormalization:
     def _train(self, x, eng, wrap, mask=None):
         layout = self._layout(x.shape, self.virtual_batch_size is not None)
         xc = _ops.canonical(eng, x, layout, self._compute_dtype)
+        if mask is None and self._sync is None and not self.renorm:
+            return self._train_plain(x, xc, layout, eng, wrap)
         weights = None if mask is None else _ops.mask_weights(mask, layout, eng.DEVICE)
         mean, var, count = _ops.statistics(eng, xc, layout, weights)
         if weights is not None and self._sync is None:
@@ -1230,6 +1232,24 @@ class BatchNormalization:
             else:                        # one kernel updates both weights
                 self._update_statistics(eng, batch_mean, batch_var, count)
         return y, cache, commit
+
+    def _train_plain(self, x, xc, layout, eng, wrap):
+        """A training call normalized by this batch's own statistics (no mask, no collective,
+        no renormalization): the common case, fused for small inputs."""
+        adj_scale = adj_bias = None
+        if self.adjustment is not None:
+            adj_scale, adj_bias = self._adjustment_factors(x.shape)
+        affine = _ops.compose(eng, layout.channels, xc, self._flat("gamma", eng),
+                              self._flat("beta", eng), adj_scale=adj_scale, adj_bias=adj_bias)
+        y, cache = _ops.train(eng, xc, layout, self.epsilon, affine, dx_dtype=self._dx_dtype(x),
+                              out=self._output(layout, self._compute_dtype, "y", eng.DEVICE),
+                              dtype=self._compute_dtype, wrap=wrap)
+        if layout.count == 0:
+            return y, cache, None        # an empty batch: no statistics
+        count = layout.count
+        # under ghost batching the moving statistics take the average over groups
+        mean, var = _ops.group_average(eng, cache._mean, cache._var)
+        return y, cache, lambda: self._update_statistics(eng, mean, var, count)
 
     def _infer(self, x, eng, wrap):
         layout = self._layout(x.shape, False)

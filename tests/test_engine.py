@@ -14,6 +14,7 @@ from conftest import STATS_RTOL, assert_close
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from numbabn import _ops
 from numbabn import functional as F
 from numbabn import reference as R
 from numbabn.cpu import engine
@@ -228,3 +229,49 @@ def test_small_ghost_groups_accumulate_in_float64():
     ref_mean, ref_var = R.moments(x, (1, 3), 1)
     np.testing.assert_allclose(mean, ref_mean.reshape(mean.shape), rtol=1e-12)
     np.testing.assert_allclose(var, ref_var.reshape(var.shape), rtol=1e-9)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("rows", [1, 7, 256, 511, 520])
+def test_small_inputs_take_one_fused_kernel_with_the_general_paths_results(dtype, rows, rng):
+    """(rows, 64): up to 511 rows one fused serial kernel runs each pass (train, infer,
+    backward); 520 rows are past engine.SERIAL_ELEMENTS and take the separate kernels. Both
+    against the reference, and the fused results against the separate kernels'."""
+    x = rng.normal(3.0, 2.0, size=(rows, 64)).astype(dtype)
+    dy = rng.normal(size=x.shape).astype(dtype)
+    gamma, beta = rng.normal(size=64), rng.normal(size=64)
+    fused = rows * 64 <= engine.SERIAL_ELEMENTS
+    assert (engine.train_small(x, 1e-3, _ops.compose(engine, 64, x)) is not None) == fused
+    y, cache = F.batch_norm_train(x, gamma, beta)
+    dx, dgamma, dbeta = F.batch_norm_backward(dy, cache)
+    ref_y, _, _ = R.forward_train(x, (1,), 1e-3, gamma, beta)
+    ref_dx, ref_dgamma, ref_dbeta = R.backward_train(dy, x, (1,), 1e-3, gamma)
+    assert_close(y, ref_y)
+    assert_close(dx, ref_dx, scale=10)
+    assert_close(dgamma, ref_dgamma.reshape(-1), dtype=dtype, scale=10)
+    assert_close(dbeta, ref_dbeta.reshape(-1), dtype=dtype, scale=10)
+    # the separate kernels, as a larger input would run them
+    with fused_kernels_off():
+        y2, cache2 = F.batch_norm_train(x, gamma, beta)
+        dx2, dgamma2, _ = F.batch_norm_backward(dy, cache2)
+    assert_close(y, y2, scale=2)
+    assert_close(dx, dx2, scale=10)
+    y_inf, cache_inf = F.batch_norm_infer(x, cache.mean, cache.variance, gamma, beta)
+    dx_inf, dgamma_inf, _ = F.batch_norm_backward(dy, cache_inf)
+    with fused_kernels_off():
+        y_inf2, cache_inf2 = F.batch_norm_infer(x, cache.mean, cache.variance, gamma, beta)
+        dx_inf2, dgamma_inf2, _ = F.batch_norm_backward(dy, cache_inf2)
+    np.testing.assert_array_equal(y_inf, y_inf2)
+    np.testing.assert_array_equal(dx_inf, dx_inf2)
+    assert_close(dgamma_inf, dgamma_inf2, dtype=np.float64, scale=1e3)
+
+
+@contextlib.contextmanager
+def fused_kernels_off():
+    saved = engine.train_small, engine.infer_small, engine.backward_small
+    engine.train_small = engine.infer_small = engine.backward_small = (
+        lambda *args, **kwargs: None)
+    try:
+        yield
+    finally:
+        engine.train_small, engine.infer_small, engine.backward_small = saved

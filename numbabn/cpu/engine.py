@@ -19,7 +19,8 @@ import numpy as np
 from . import kernels, threads
 
 __all__ = ["DEVICE", "moments", "forward_coefficients", "affine", "grad_sums", "gradient_coefficients",
-           "grad_input", "moving_averages", "group_average",
+           "grad_input", "train_small", "infer_small", "backward_small", "moving_averages",
+           "group_average",
            "renorm_correction", "stddev", "variance_from_stddev", "adopt", "to_host", "to_device",
            "constant", "canonical", "restore", "astype", "copy", "empty", "add_scaled", "assign", "as_vector", "stack",
            "combine_moments", "sum_over_ranks", "weighted_average", "mask_weights",
@@ -235,6 +236,62 @@ def _affine_into(x, rows_per_sample, groups, m, a, b, out):
     else:
         _pick(kernels.affine_planes, x)(x, rows_per_sample, groups,
                                         min(x.shape[2], TASK_ELEMENTS), m, a, b, out)
+
+
+def _small_rows(x):
+    """Whether ``x`` (one group) is a non-empty channels-last input small enough for one serial
+    call of the fused kernels."""
+    return x.ndim == 2 and 0 < x.size <= SERIAL_ELEMENTS
+
+
+def train_small(x, epsilon, affine, out=None, dtype=None):
+    """:func:`moments`, :func:`forward_coefficients` and :func:`affine` of a one-group input in
+    one kernel: ``(y, mean, var, inv_std, m_hi)``, or None where that kernel does not apply
+    (then the caller runs the three)."""
+    if not _small_rows(x):
+        return None
+    C = x.shape[1]
+    arith = _arith(x.dtype)
+    mean, var, inv_std = np.empty((3, 1, C))
+    m_hi, a, b = np.empty((3, 1, C), arith)
+    y = _result(x.shape, dtype, arith) if out is None else out
+    if not kernels.train_rows_small(_raw(x), epsilon, affine.gamma, affine.beta, affine.scale,
+                                    affine.shift, mean, var, inv_std, m_hi, a, b, _raw(y)):
+        return None                      # a NaN mean: moments() says what it is
+    return (y if dtype is None or y.dtype == dtype else y.astype(dtype)), mean, var, inv_std, m_hi
+
+
+def infer_small(x, mean, var, epsilon, affine, out=None, dtype=None):
+    """:func:`forward_coefficients` and :func:`affine` in one kernel: ``(y, inv_std, m_hi)``,
+    or None where it does not apply."""
+    if not _small_rows(x):
+        return None
+    C = x.shape[1]
+    arith = _arith(x.dtype)
+    inv_std = np.empty((1, C))
+    m_hi, a, b = np.empty((3, 1, C), arith)
+    y = _result(x.shape, dtype, arith) if out is None else out
+    kernels.infer_rows_small(_raw(x), mean, var, epsilon, affine.gamma, affine.beta, affine.scale,
+                             affine.shift, inv_std, m_hi, a, b, _raw(y))
+    return (y if dtype is None or y.dtype == dtype else y.astype(dtype)), inv_std, m_hi
+
+
+def backward_small(x, dy, mean, m_hi, inv_std, count, training, affine, out=None, dtype=None):
+    """:func:`grad_sums`, :func:`gradient_coefficients` and :func:`grad_input` (or, in
+    inference, :func:`affine` on ``dy``) of a one-group input in one kernel:
+    ``(dx, dgamma, dbeta)``, or None where it does not apply."""
+    if not _small_rows(x):
+        return None
+    C = x.shape[1]
+    arith = _arith(x.dtype)
+    sums = np.empty((2, C))
+    coefficients = np.empty((4, C), arith)
+    dgamma, dbeta = np.empty((2, C))
+    dx = _result(x.shape, dtype, arith) if out is None else out
+    kernels.backward_rows_small(_raw(x), _raw(dy), mean, m_hi, inv_std, float(count), training,
+                                affine.gamma, affine.scale, affine.shift, sums, coefficients,
+                                dgamma, dbeta, _raw(dx))
+    return (dx if dtype is None or dx.dtype == dtype else dx.astype(dtype)), dgamma, dbeta
 
 
 def grad_sums(x, dy, rows_per_sample, groups, m_hi):

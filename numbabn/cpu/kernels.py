@@ -790,6 +790,105 @@ def renorm_correction(mean, var, renorm_mean, renorm_stddev, epsilon, rmin, rmax
                                     rmin, rmax, dmax)
 
 
+# ------------------------------------------------------------------------------------------------
+# small inputs in one call: a training loop's (256, 64) call is a few microseconds of arithmetic,
+# so each kernel launch and the Python between them would be most of its cost. One group,
+# channels last (``x[R, C]``), serial; the same arithmetic as the kernels above in the same order.
+
+_SMALL = dict(_SEQ, fastmath=_FASTMATH)
+
+
+@njit(**_SMALL)
+def _rows_moments(x, mean, var, shift):
+    """Mean and biased variance of ``x[R, C]`` (``R >= 1``) as one unit of
+    :func:`unit_moments_rows` would give them; ``shift`` is float64 ``(C,)`` scratch."""
+    R, C = x.shape
+    x0 = x[0]
+    for c in range(C):
+        shift[c] = widen(x0[c])
+        mean[c] = 0.0
+        var[c] = 0.0
+    for r in range(R):
+        xr = x[r]
+        for c in range(C):
+            d = np.float64(widen(xr[c])) - shift[c]
+            mean[c] += d
+            var[c] += d * d
+    inv_count = 1.0 / R
+    for c in range(C):
+        mean_d = mean[c] * inv_count
+        var[c] = (var[c] - mean[c] * mean_d) / R
+        mean[c] = shift[c] + mean_d
+
+
+@njit(**_SMALL)
+def _rows_normalize(x, mean, var, epsilon, gamma, beta, scale, shift, inv_std, m_hi, a, b, y):
+    R, C = x.shape
+    for c in range(C):
+        m_hi[c] = mean[c]
+        inv_std[c], a[c], b[c] = forward_coefficients(mean[c], var[c], epsilon, gamma[c], beta[c],
+                                                      scale[c], shift[c], float64(m_hi[c]))
+    for r in range(R):
+        xr, yr = x[r], y[r]
+        for c in range(C):
+            yr[c] = narrow((widen(xr[c]) - m_hi[c]) * a[c] + b[c], yr)
+
+
+@njit(**_SMALL)
+def train_rows_small(x, epsilon, gamma, beta, scale, shift, mean, var, inv_std, m_hi, a, b, y):
+    """Statistics, coefficients and ``y`` of a one-group ``x[R, C]`` in one call; returns
+    whether every mean is a number (else the caller recomputes the NaN ones)."""
+    _rows_moments(x, mean[0], var[0], inv_std[0])
+    for c in range(mean.shape[1]):
+        if mean[0, c] != mean[0, c]:
+            return False
+    _rows_normalize(x, mean[0], var[0], epsilon, gamma, beta, scale, shift, inv_std[0], m_hi[0],
+                    a[0], b[0], y)
+    return True
+
+
+@njit(**_SMALL)
+def infer_rows_small(x, mean, var, epsilon, gamma, beta, scale, shift, inv_std, m_hi, a, b, y):
+    """Coefficients and ``y`` of ``x[R, C]`` with given statistics ``(1, C)`` in one call."""
+    _rows_normalize(x, mean[0], var[0], epsilon, gamma, beta, scale, shift, inv_std[0], m_hi[0],
+                    a[0], b[0], y)
+
+
+@njit(**_SMALL)
+def backward_rows_small(x, dy, mean, m_hi, inv_std, count, training, gamma, scale, shift, sums,
+                        coefficients, dgamma, dbeta, dx):
+    """:func:`unit_grad_sums_rows`, :func:`grad_coefficients` and the input gradient of a
+    one-group ``x[R, C]`` in one call. ``sums`` is float64 ``(2, C)``, ``coefficients``
+    ``(4, C)`` in ``x``'s arithmetic dtype (scratch)."""
+    R, C = x.shape
+    s1, s2 = sums[0], sums[1]
+    m = m_hi[0]
+    s1[:] = 0.0
+    s2[:] = 0.0
+    for r in range(R):
+        xr, gr = x[r], dy[r]
+        for c in range(C):
+            g_ = np.float64(widen(gr[c]))
+            s1[c] += g_
+            s2[c] += g_ * np.float64(widen(xr[c]) - m[c])
+    dy_mean, k_dy, k_xc, k_0 = coefficients[0], coefficients[1], coefficients[2], coefficients[3]
+    for c in range(C):
+        dy_mean[c], k_dy[c], k_xc[c], k_0[c], part = gradient_coefficients(
+            s1[c], s2[c], mean[0, c], float64(m[c]), inv_std[0, c], count, training, gamma[c],
+            scale[c], shift[c])
+        dgamma[c] = 0.0 + part           # as grad_coefficients sums them: -0 becomes +0
+        dbeta[c] = 0.0 + s1[c]
+    for r in range(R):
+        xr, gr, dr = x[r], dy[r], dx[r]
+        if training:
+            for c in range(C):
+                dr[c] = narrow(k_dy[c] * (widen(gr[c]) - dy_mean[c])
+                               + k_xc[c] * (widen(xr[c]) - m[c]) + k_0[c], dr)
+        else:                            # the affine pass on dy, as the general path runs it
+            for c in range(C):
+                dr[c] = narrow((widen(gr[c]) - k_xc[c]) * k_dy[c] + k_0[c], dr)
+
+
 @njit(**_SEQ)
 def moving_averages(first, first_stat, second, second_stat, decay):
     """In place, for two weights at once: ``moving -= (moving - stat) * decay``.

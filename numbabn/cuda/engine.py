@@ -17,7 +17,8 @@ from numba import cuda
 from . import kernels as K
 
 __all__ = ["DEVICE", "moments", "forward_coefficients", "affine", "grad_sums", "gradient_coefficients",
-           "grad_input", "moving_averages", "group_average",
+           "grad_input", "train_small", "infer_small", "backward_small", "moving_averages",
+           "group_average",
            "renorm_correction", "stddev", "variance_from_stddev", "adopt", "to_host", "to_device",
            "constant", "canonical", "restore", "astype", "copy", "empty", "add_scaled", "assign", "as_vector", "stack",
            "combine_moments", "sum_over_ranks", "weighted_average", "mask_weights",
@@ -391,6 +392,24 @@ def affine(x, rows_per_sample, groups, m, a, b, out=None, dtype=None):
         kernel = K.affine_rows if x.ndim == 2 else K.affine_planes
         kernel[grid, block, _stream(x)](x, rows_per_sample, groups, m, a, b, out)
     return _deliver(out, dtype)
+
+
+# A GPU runs small inputs as fast as it launches kernels; there is no fused version of them.
+
+
+def train_small(x, epsilon, affine, out=None, dtype=None):
+    """None: the caller runs the separate kernels."""
+    return None
+
+
+def infer_small(x, mean, var, epsilon, affine, out=None, dtype=None):
+    """None: the caller runs the separate kernels."""
+    return None
+
+
+def backward_small(x, dy, mean, m_hi, inv_std, count, training, affine, out=None, dtype=None):
+    """None: the caller runs the separate kernels."""
+    return None
 
 
 def grad_sums(x, dy, rows_per_sample, groups, m_hi):
