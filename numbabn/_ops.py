@@ -90,7 +90,10 @@ class BatchNormCache:
     (True, 12, (2, 2))
     """
 
-    def __init__(self, *, x, layout, device, training, mean, var, inv_std, m_hi, affine, count,
+    __slots__ = ("x", "layout", "device", "training", "_mean", "_var", "_inv_std", "m_hi",
+                 "affine", "count", "dx_dtype", "weights", "reduce_sums", "wrap", "feature_shape")
+
+    def __init__(self, x, layout, device, training, mean, var, inv_std, m_hi, affine, count,
                  dx_dtype, weights=None, reduce_sums=None, wrap=_identity):
         # x: the canonical forward input in the compute dtype; mean, var, inv_std: float64
         # (G, C); m_hi: the mean in x's arithmetic dtype (the backward's centre)
@@ -168,9 +171,11 @@ def canonical(eng, x, layout, dtype):
     return eng.canonical(x, layout, dtype)
 
 
-def vector(eng, a):
-    """A per-feature array (a weight) as the flat vector the kernels take."""
-    return eng.as_vector(a)
+def vector(eng, a, copy=False):
+    """A per-feature array (a weight) as the flat vector the kernels take: a view, or with
+    ``copy`` a copy that later updates of the weight do not reach (what a cache keeps)."""
+    v = eng.as_vector(a)
+    return eng.copy(v) if copy else v
 
 
 def to_device(eng, values, like):
@@ -246,7 +251,8 @@ def train(eng, xc, layout, epsilon, affine, *, dx_dtype, out=None, dtype=None, w
     batch's own (no mask, no collective, no renormalization): one fused kernel where the engine
     has one. Returns ``(y, cache)``; the statistics are ``cache._mean``, ``cache._var``."""
     if layout.groups == 1:
-        fused = eng.train_small(xc, epsilon, affine, _canonical_out(out, layout), dtype)
+        fused = eng.train_small(xc, epsilon, affine,
+                                None if out is None else out.reshape(layout.canonical_shape), dtype)
         if fused is not None:
             y, mean, var, inv_std, m_hi = fused
             return _restored(eng, y, out, layout), _cache(
@@ -259,11 +265,9 @@ def train(eng, xc, layout, epsilon, affine, *, dx_dtype, out=None, dtype=None, w
 
 def _cache(eng, xc, layout, training, mean, var, inv_std, m_hi, affine, count, dx_dtype, weights,
            reduce_sums, wrap):
-    return BatchNormCache(x=xc, layout=layout, device=eng.DEVICE,
-                           training=training, mean=mean, var=var, inv_std=inv_std, m_hi=m_hi,
-                           affine=affine, count=layout.count if count is None else count,
-                           dx_dtype=dx_dtype, weights=weights if training else None,
-                           reduce_sums=reduce_sums if training else None, wrap=wrap)
+    return BatchNormCache(xc, layout, eng.DEVICE, training, mean, var, inv_std, m_hi, affine,
+                          layout.count if count is None else count, dx_dtype,
+                          weights if training else None, reduce_sums if training else None, wrap)
 
 
 # ------------------------------------------------------------------------------------------------

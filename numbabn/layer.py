@@ -1105,9 +1105,10 @@ class BatchNormalization:
         self._valid_shapes.add(checked)      # passed every check: skip them next time
         if commit is not None:
             commit()                     # state changes only once everything has succeeded
-        self._cache = cache
+        # straight into __dict__: these names are never weights (see __setattr__)
+        self.__dict__["_cache"] = cache
         if training:
-            self.grads = {}              # this call's gradients come with its backward
+            self.__dict__["grads"] = {}  # this call's gradients come with its backward
         return y
 
     def _check_call(self, shape, training):
@@ -1143,7 +1144,7 @@ class BatchNormalization:
                     f"shape {tuple(shape)}")
 
     def _layout(self, shape, ghost):
-        key = (tuple(shape), ghost)
+        key = (shape, ghost)
         layout = self._layouts.get(key)
         if layout is None:
             if len(self._layouts) > 64:
@@ -1152,10 +1153,11 @@ class BatchNormalization:
             self._layouts[key] = layout
         return layout
 
-    def _flat(self, key, eng):
-        """Weight ``key`` as the flat vector the engine ``eng`` takes (None if absent)."""
+    def _flat(self, key, eng, copy=False):
+        """Weight ``key`` as the flat vector the engine ``eng`` takes (None if absent); with
+        ``copy``, one that the weight's later updates do not reach."""
         var = self._variables.get(key)
-        return None if var is None else _ops.vector(eng, var.live(eng.DEVICE))
+        return None if var is None else _ops.vector(eng, var.live(eng.DEVICE), copy)
 
     def _dx_dtype(self, x):
         """The backward's ``dx`` dtype: the input's floating dtype, else the compute dtype."""
@@ -1212,7 +1214,7 @@ class BatchNormalization:
                 self.renorm_clipping)
         if self.adjustment is not None:
             adj_scale, adj_bias = self._adjustment_factors(x.shape)
-        affine = _ops.compose(eng, layout.channels, xc, self._flat("gamma", eng),
+        affine = _ops.compose(eng, layout.channels, xc, self._flat("gamma", eng, copy=True),
                               self._flat("beta", eng), r, d, adj_scale, adj_bias)
         y, cache = _ops.normalize(
             eng, xc, layout, mean, var, self.epsilon, affine, training=True,
@@ -1239,7 +1241,7 @@ class BatchNormalization:
         adj_scale = adj_bias = None
         if self.adjustment is not None:
             adj_scale, adj_bias = self._adjustment_factors(x.shape)
-        affine = _ops.compose(eng, layout.channels, xc, self._flat("gamma", eng),
+        affine = _ops.compose(eng, layout.channels, xc, self._flat("gamma", eng, copy=True),
                               self._flat("beta", eng), adj_scale=adj_scale, adj_bias=adj_bias)
         y, cache = _ops.train(eng, xc, layout, self.epsilon, affine, dx_dtype=self._dx_dtype(x),
                               out=self._output(layout, self._compute_dtype, "y", eng.DEVICE),
@@ -1255,7 +1257,8 @@ class BatchNormalization:
         layout = self._layout(x.shape, False)
         xc = _ops.canonical(eng, x, layout, self._compute_dtype)
         C = layout.channels
-        affine = _ops.compose(eng, C, xc, self._flat("gamma", eng), self._flat("beta", eng))
+        affine = _ops.compose(eng, C, xc, self._flat("gamma", eng, copy=True),
+                              self._flat("beta", eng))
         return _ops.normalize(
             eng, xc, layout, self._flat("moving_mean", eng).reshape(1, C),
             self._flat("moving_variance", eng).reshape(1, C), self.epsilon, affine,
@@ -1274,7 +1277,9 @@ class BatchNormalization:
             return None
         return self._outputs.take(layout.shape, dtype, role)
 
-    def _decay(self, momentum):
+    @staticmethod
+    @functools.lru_cache(maxsize=16)
+    def _decay(momentum):
         # Keras forms 1 - momentum in Python and stores it as a float32 tensor.
         return float(np.float32(1.0 - momentum))
 
@@ -1363,7 +1368,7 @@ class BatchNormalization:
             if self.center:
                 grads["beta"] = wrap(_ops.as_weight(eng, dbeta, self._param_dtype,
                                                     self._param_shape))
-        self.grads = grads
+        self.__dict__["grads"] = grads
         return wrap(dx)
 
     # --------------------------------------------------------------------------------------------

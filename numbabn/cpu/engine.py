@@ -238,17 +238,12 @@ def _affine_into(x, rows_per_sample, groups, m, a, b, out):
                                         min(x.shape[2], TASK_ELEMENTS), m, a, b, out)
 
 
-def _small_rows(x):
-    """Whether ``x`` (one group) is a non-empty channels-last input small enough for one serial
-    call of the fused kernels."""
-    return x.ndim == 2 and 0 < x.size <= SERIAL_ELEMENTS
-
-
 def train_small(x, epsilon, affine, out=None, dtype=None):
     """:func:`moments`, :func:`forward_coefficients` and :func:`affine` of a one-group input in
     one kernel: ``(y, mean, var, inv_std, m_hi)``, or None where that kernel does not apply
-    (then the caller runs the three)."""
-    if not _small_rows(x):
+    (then the caller runs the three): a non-empty channels-last input of at most
+    ``SERIAL_ELEMENTS`` values."""
+    if x.ndim != 2 or not 0 < x.size <= SERIAL_ELEMENTS:
         return None
     C = x.shape[1]
     arith = _arith(x.dtype)
@@ -263,8 +258,8 @@ def train_small(x, epsilon, affine, out=None, dtype=None):
 
 def infer_small(x, mean, var, epsilon, affine, out=None, dtype=None):
     """:func:`forward_coefficients` and :func:`affine` in one kernel: ``(y, inv_std, m_hi)``,
-    or None where it does not apply."""
-    if not _small_rows(x):
+    or None where it does not apply (as for :func:`train_small`)."""
+    if x.ndim != 2 or not 0 < x.size <= SERIAL_ELEMENTS:
         return None
     C = x.shape[1]
     arith = _arith(x.dtype)
@@ -279,19 +274,18 @@ def infer_small(x, mean, var, epsilon, affine, out=None, dtype=None):
 def backward_small(x, dy, mean, m_hi, inv_std, count, training, affine, out=None, dtype=None):
     """:func:`grad_sums`, :func:`gradient_coefficients` and :func:`grad_input` (or, in
     inference, :func:`affine` on ``dy``) of a one-group input in one kernel:
-    ``(dx, dgamma, dbeta)``, or None where it does not apply."""
-    if not _small_rows(x):
+    ``(dx, dgamma, dbeta)``, or None where it does not apply (as for :func:`train_small`)."""
+    if x.ndim != 2 or not 0 < x.size <= SERIAL_ELEMENTS:
         return None
     C = x.shape[1]
     arith = _arith(x.dtype)
-    sums = np.empty((2, C))
+    sums = np.empty((4, C))              # two sums, then dgamma and dbeta
     coefficients = np.empty((4, C), arith)
-    dgamma, dbeta = np.empty((2, C))
     dx = _result(x.shape, dtype, arith) if out is None else out
     kernels.backward_rows_small(_raw(x), _raw(dy), mean, m_hi, inv_std, float(count), training,
                                 affine.gamma, affine.scale, affine.shift, sums, coefficients,
-                                dgamma, dbeta, _raw(dx))
-    return (dx if dtype is None or dx.dtype == dtype else dx.astype(dtype)), dgamma, dbeta
+                                sums[2], sums[3], _raw(dx))
+    return (dx if dtype is None or dx.dtype == dtype else dx.astype(dtype)), sums[2], sums[3]
 
 
 def grad_sums(x, dy, rows_per_sample, groups, m_hi):
@@ -388,11 +382,12 @@ def moving_averages(first, first_stat, second, second_stat, decay, second_scale=
     """In place ``moving -= (moving - stat) * decay`` for two weights of one dtype; the second
     statistic is multiplied by ``second_scale`` first (the fused path's Bessel correction)."""
     dtype = first.dtype
-    if second_scale != 1.0:
-        second_stat = np.asarray(second_stat) * second_scale
-    kernels.moving_averages(first.reshape(-1), np.asarray(first_stat, dtype).reshape(-1),
-                            second.reshape(-1), np.asarray(second_stat, dtype).reshape(-1),
-                            dtype.type(decay))
+    kernels.moving_averages(_flat(first), _flat(first_stat), _flat(second), _flat(second_stat),
+                            float(second_scale), dtype.type(decay), np.empty(1, dtype))
+
+
+def _flat(a):
+    return a if a.ndim == 1 else a.reshape(-1)
 
 
 def group_average(mean, var):
@@ -500,8 +495,8 @@ def assign(out, values):
 
 
 def as_vector(a):
-    """A weight as the flat float64 vector the kernels take."""
-    return a.reshape(-1).astype(np.float64)
+    """A weight as a flat vector for the kernels (a view; they convert each value to float64)."""
+    return a.reshape(-1)
 
 
 # ------------------------------------------------------------------------------------------------

@@ -890,13 +890,17 @@ def backward_rows_small(x, dy, mean, m_hi, inv_std, count, training, gamma, scal
 
 
 @njit(**_SEQ)
-def moving_averages(first, first_stat, second, second_stat, decay):
-    """In place, for two weights at once: ``moving -= (moving - stat) * decay``.
+def moving_averages(first, first_stat, second, second_stat, second_scale, decay, rounded):
+    """In place, for two weights at once: ``moving -= (moving - stat) * decay``, the second
+    statistic multiplied by ``second_scale`` first.
 
-    ``first_stat``/``second_stat`` are in the weights' dtype, so the update rounds like Keras'
-    (which runs it in the variable's dtype).
+    Each statistic is rounded to the weights' dtype first (through the one-element scratch
+    ``rounded``) and ``decay`` has that dtype, so the update rounds like Keras' (which runs it
+    in the variable's dtype).
     """
     for c in range(first.shape[0]):
-        first[c] -= (first[c] - first_stat[c]) * decay
+        rounded[0] = first_stat[c]
+        first[c] -= (first[c] - rounded[0]) * decay
     for c in range(second.shape[0]):
-        second[c] -= (second[c] - second_stat[c]) * decay
+        rounded[0] = second_stat[c] * second_scale
+        second[c] -= (second[c] - rounded[0]) * decay
