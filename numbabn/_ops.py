@@ -13,7 +13,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from . import _dispatch, _validate
+from . import _dispatch, _dtypes, _validate
 
 
 class Affine(NamedTuple):
@@ -38,8 +38,9 @@ def _identity(a):
 
 def compute_dtype(dtype):
     """The dtype the kernels compute in for data of ``dtype``: float64 (of any byte order)
-    stays float64, everything else becomes float32; always native byte order."""
-    return np.dtype(np.float64 if (dtype.kind == "f" and dtype.itemsize == 8) else np.float32)
+    stays float64, everything else becomes float32; always native byte order (the
+    arithmetic column of ``numbabn/_dtypes.py``)."""
+    return _dtypes.arithmetic(np.dtype(dtype))
 
 
 def compose(eng, channels, like, gamma=None, beta=None, r=None, d=None, adj_scale=None,

@@ -7,7 +7,7 @@ import numbers
 
 import numpy as np
 
-from . import _dispatch
+from . import _dispatch, _dtypes
 
 
 def received(name, value):
@@ -46,7 +46,7 @@ def as_input_array(x, name="inputs"):
 def is_float(dtype):
     """Floating point, bfloat16 (ml_dtypes' extension type, of kind 'V') included."""
     dtype = np.dtype(dtype)
-    return dtype.kind == "f" or dtype.name == "bfloat16"
+    return dtype.kind == "f" or _dtypes.is_bfloat16(dtype)
 
 
 def resolve_axes(axis, ndim, name="axis", sort=True):

@@ -27,7 +27,7 @@ True
 """
 import numpy as np
 
-from . import _dispatch, _ops, _validate
+from . import _dispatch, _dtypes, _ops, _validate
 from ._layout import Layout
 from ._ops import BatchNormCache, compute_dtype
 
@@ -43,8 +43,7 @@ def _prepare(x, axis, virtual_batch_size=None):
     engine, the dtype results are returned in (``x``'s, native, when floating; float32
     otherwise) and the function that turns engine arrays into ``x``'s kind."""
     x, device, eng, wrap = _ops.adopt(x, "x")
-    result_dtype = (np.dtype(x.dtype).newbyteorder("=") if _validate.is_float(x.dtype)
-                    else np.dtype(np.float32))
+    result_dtype = _dtypes.result(np.dtype(x.dtype))
     axes = _validate.resolve_axes(axis, x.ndim)
     virtual_batch_size = _validate.check_virtual_batch_size(virtual_batch_size)
     if virtual_batch_size is not None:

@@ -16,6 +16,7 @@ import threading
 
 import numpy as np
 
+from .. import _dtypes
 from . import kernels, threads
 
 __all__ = ["DEVICE", "moments", "forward_coefficients", "affine", "grad_sums", "gradient_coefficients",
@@ -69,36 +70,18 @@ def _workspace(role, dtype, *shapes):
     return found
 
 
-# dtype.name costs microseconds (NumPy builds it on each access): test kind and size first
-
-
-def _is_float16(dtype):
-    return dtype.kind == "f" and dtype.itemsize == 2
-
-
-def _is_bfloat16(dtype):
-    return dtype.kind == "V" and dtype.name == "bfloat16"
-
-
-def _is_half(dtype):
-    return _is_float16(dtype) or _is_bfloat16(dtype)
-
-
 def _arith(dtype):
-    """The dtype the kernels compute in for data stored as ``dtype``."""
-    return np.dtype(np.float32) if _is_half(dtype) else dtype
+    """The dtype the kernels compute in for data stored as ``dtype`` (``numbabn/_dtypes.py``)."""
+    return _dtypes.rule(dtype).arithmetic
 
 
 def _raw(a):
-    """``a`` as the kernels take it: float16 as uint16, bfloat16 as int16 (see ``kernels``)."""
-    dtype = a.dtype
-    if dtype.itemsize != 2:              # the common case, decided in a few attribute reads
+    """``a`` as the kernels take it: its CPU view in ``numbabn/_dtypes.py`` (float16 as
+    uint16, bfloat16 as int16; see ``kernels``)."""
+    if a.dtype.itemsize != 2:            # the common case, decided in one attribute read
         return a
-    if dtype.kind == "f":
-        return a.view(np.uint16)
-    if _is_bfloat16(dtype):
-        return a.view(np.int16)
-    return a
+    view = _dtypes.rule(a.dtype).cpu_view
+    return a if view == a.dtype else a.view(view)
 
 
 def _result(shape, dtype, arith):
@@ -106,7 +89,7 @@ def _result(shape, dtype, arith):
     float16, bfloat16, float32 and float64 of native byte order; other dtypes are written in the
     arithmetic dtype (and cast by the caller)."""
     dtype = arith if dtype is None else np.dtype(dtype)
-    writable = (dtype.kind == "f" and dtype.itemsize in (2, 4, 8)) or _is_bfloat16(dtype)
+    writable = (dtype.kind == "f" and dtype.itemsize in (2, 4, 8)) or _dtypes.is_bfloat16(dtype)
     return np.empty(shape, dtype if writable and dtype.isnative else arith)
 
 
@@ -462,7 +445,8 @@ def canonical(x, layout, dtype):
     """``x`` as the C-contiguous ``layout.canonical_shape`` array the kernels read for a
     computation in ``dtype`` (a view if it can): cast to ``dtype``, except that float16 and
     bfloat16 stay as they are for a float32 computation (the kernels widen them exactly)."""
-    keep = x.dtype == dtype or (dtype == np.float32 and _is_half(x.dtype) and x.dtype.isnative)
+    keep = x.dtype == dtype or (dtype == np.float32 and _dtypes.is_half(x.dtype)
+                                and x.dtype.isnative)
     return layout.canonical(x if keep else x.astype(dtype))
 
 

@@ -14,6 +14,7 @@ import threading
 import numpy as np
 from numba import cuda
 
+from .. import _dtypes
 from . import kernels as K
 
 __all__ = ["DEVICE", "moments", "forward_coefficients", "affine", "grad_sums", "gradient_coefficients",
@@ -192,8 +193,8 @@ def canonical(x, layout, dtype):
 
 
 def _arith(dtype):
-    """The dtype the kernels compute in for data stored as ``dtype``."""
-    return np.dtype(np.float32) if dtype == np.float16 else np.dtype(dtype)
+    """The dtype the kernels compute in for data stored as ``dtype`` (``numbabn/_dtypes.py``)."""
+    return _dtypes.rule(np.dtype(dtype)).arithmetic
 
 
 def _result(x, dtype, arith):
@@ -205,8 +206,7 @@ def _result(x, dtype, arith):
 
 
 def _is_bfloat16(dtype):
-    dtype = np.dtype(dtype)
-    return dtype.kind == "V" and dtype.name == "bfloat16"   # .name is slow: kind first
+    return _dtypes.is_bfloat16(np.dtype(dtype))
 
 
 def _gathered(x, layout, dtype):
