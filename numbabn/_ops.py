@@ -360,6 +360,13 @@ def mask_weights(mask, layout, device):
 # moving statistics
 
 
+def moving_average(eng, moving, stat, decay):
+    """In place ``moving -= (moving - stat) * decay`` for one array (``stat`` of its shape)."""
+    flat = moving.reshape(-1)
+    none = flat[:0]                      # the engine updates two weights at once; one here
+    eng.moving_averages(flat, stat.reshape(-1), none, none, decay)
+
+
 def update_moving(eng, moving_mean, moving_variance, mean, var, decay, variance_scale=1.0):
     """In place ``moving -= (moving - stat) * decay`` for the mean and the variance (the
     variance's statistic times ``variance_scale`` first: the fused path's Bessel correction)."""

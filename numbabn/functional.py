@@ -396,8 +396,7 @@ def moving_average(moving, batch_stat, momentum):
     except ValueError:
         raise ValueError(f"`batch_stat` must broadcast to the shape of `moving` {out.shape}. "
                          f"Received: batch_stat with shape {stat.shape}") from None
-    none = out.reshape(-1)[:0]           # the engine updates two weights at once; one here
-    _dispatch.engine(_dispatch.CPU).moving_averages(out, stat, none, none, 1.0 - momentum)
+    _ops.moving_average(_dispatch.engine(_dispatch.CPU), out, stat, 1.0 - momentum)
     return out
 
 
@@ -413,7 +412,5 @@ def _moving_average_on_device(moving, batch_stat, momentum):
                          f"CUDA device. Received: batch_stat with shape {tuple(s.shape)}")
     dtype = compute_dtype(m.dtype) if m.dtype.kind == "f" else np.dtype(np.float64)
     out = eng.copy(eng.astype(m, dtype))
-    flat = out.reshape(-1)
-    eng.moving_averages(flat, eng.astype(s, np.float64).reshape(-1), flat[:0], flat[:0],
-                        1.0 - momentum)
+    _ops.moving_average(eng, out, eng.astype(s, np.float64), 1.0 - momentum)
     return wrap(out)
