@@ -328,16 +328,12 @@ def merge_moments(u_mean, u_m2, units_per_sample, parts, length, block, groups, 
         for s in range(g, samples, groups):
             for u in range(s * units_per_sample, (s + 1) * units_per_sample):
                 n_b = np.float64(min(block, length - (u % parts) * block))
-                n_ab = n_a + n_b
-                w = n_b / n_ab
-                cross = n_a * w
                 um = u_mean[u]
                 u2 = u_m2[u]
                 for c in range(C):
-                    delta = um[c] - acc_mean[c]
-                    acc_mean[c] += delta * w
-                    acc_m2[c] += u2[c] + delta * delta * cross
-                n_a = n_ab
+                    _, acc_mean[c], acc_m2[c] = chan_merge(n_a, acc_mean[c], acc_m2[c], n_b,
+                                                           um[c], u2[c])
+                n_a += n_b
 
 
 # ------------------------------------------------------------------------------------------------
@@ -439,14 +435,10 @@ def merge_counted_moments(u_n, u_mean, u_m2, mean, m2):
         n_b = np.float64(u_n[u])
         if n_b == 0.0:
             continue
-        n_ab = n_a + n_b
-        wgt = n_b / n_ab
-        cross = n_a * wgt
         for c in range(C):
-            delta = u_mean[u, c] - mean[0, c]
-            mean[0, c] += delta * wgt
-            m2[0, c] += u_m2[u, c] + delta * delta * cross
-        n_a = n_ab
+            _, mean[0, c], m2[0, c] = chan_merge(n_a, mean[0, c], m2[0, c], n_b, u_mean[u, c],
+                                                 u_m2[u, c])
+        n_a += n_b
     return n_a
 
 
@@ -685,6 +677,19 @@ def grad_input_planes(x, dy, rows_per_sample, groups, chunk, m, dy_mean, k_dy, k
 # functions (``.py_func``), as device functions of the CUDA kernels. They use ``math`` and
 # ``float64()`` only, and compare with ``<``/``>`` so that a NaN propagates on both targets (and
 # divide float64 values, so the CUDA simulator gives IEEE infinities rather than raising).
+
+
+@njit(inline="always", error_model="numpy")
+def chan_merge(n_a, mean_a, m2_a, n_b, mean_b, m2_b):
+    """Chan's merge of two (count, mean, M2) triples; an empty side leaves the other as it is."""
+    n = n_a + n_b
+    if n_b == 0.0:
+        return n_a, mean_a, m2_a
+    if n_a == 0.0:
+        return n_b, mean_b, m2_b
+    delta = mean_b - mean_a
+    w = n_b / n
+    return n, mean_a + delta * w, m2_a + m2_b + delta * delta * (n_a * w)
 
 
 @njit(inline="always", error_model="numpy")

@@ -48,17 +48,12 @@ FULL_MASK = 0xFFFFFFFF
 # helpers
 
 
-@cuda.jit(device=True, inline=True)
-def _chan(n_a, mean_a, m2_a, n_b, mean_b, m2_b):
-    """Chan's merge of two (count, mean, M2) triples."""
-    n = n_a + n_b
-    if n_b == 0.0:
-        return n_a, mean_a, m2_a
-    if n_a == 0.0:
-        return n_b, mean_b, m2_b
-    delta = mean_b - mean_a
-    w = n_b / n
-    return n, mean_a + delta * w, m2_a + m2_b + delta * delta * n_a * w
+def _device_function(formula):
+    """A formula of the CPU kernels (``numbabn.cpu.kernels``), compiled as a device function."""
+    return cuda.jit(device=True, inline=True)(formula.py_func)
+
+
+_chan = _device_function(cpu_kernels.chan_merge)
 
 
 @cuda.jit(device=True, inline=True)
@@ -321,10 +316,6 @@ def masked_nan_means_as_sums(x, w, mean):
 # ------------------------------------------------------------------------------------------------
 # per-feature coefficients: the formulas are the CPU kernels' (``numbabn.cpu.kernels``), compiled
 # from the same Python functions as device functions
-
-
-def _device_function(formula):
-    return cuda.jit(device=True, inline=True)(formula.py_func)
 
 
 _forward_coefficients = _device_function(cpu_kernels.forward_coefficients)
