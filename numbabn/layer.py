@@ -10,7 +10,7 @@ import threading
 
 import numpy as np
 
-from . import _dispatch, _interrupts, _ops, _validate
+from . import _dispatch, _dtypes, _interrupts, _ops, _validate
 from . import keras_compat as kc
 from ._buffers import OutputPool
 from ._layout import Layout
@@ -1161,8 +1161,7 @@ class BatchNormalization:
 
     def _dx_dtype(self, x):
         """The backward's ``dx`` dtype: the input's floating dtype, else the compute dtype."""
-        return (np.dtype(x.dtype).newbyteorder("=") if _validate.is_float(x.dtype)
-                else self._compute_dtype)
+        return _dtypes.result(x.dtype) if _validate.is_float(x.dtype) else self._compute_dtype
 
     def _adjustment_factors(self, shape):
         """Call ``adjustment`` and reduce its outputs to per-feature ``(C,)`` vectors."""
@@ -1285,8 +1284,10 @@ class BatchNormalization:
 
     def _update_statistics(self, eng, mean, var, count):
         """The moving-average updates of one training step (``mean``/``var``: biased, (C,))."""
+        variables = self._variables
+
         def live(key):
-            return self._variables[key].live(eng.DEVICE)
+            return variables[key].live(eng.DEVICE)
         frozen = not self._trainable
         if self.renorm:
             moving = None if frozen else (live("moving_mean"), live("moving_stddev"),

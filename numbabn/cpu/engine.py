@@ -445,6 +445,8 @@ def canonical(x, layout, dtype):
     """``x`` as the C-contiguous ``layout.canonical_shape`` array the kernels read for a
     computation in ``dtype`` (a view if it can): cast to ``dtype``, except that float16 and
     bfloat16 stay as they are for a float32 computation (the kernels widen them exactly)."""
+    if x.dtype == dtype and layout.perm is None and x.flags.c_contiguous:
+        return x.reshape(layout.canonical_shape)     # the common case: a free reshape
     keep = x.dtype == dtype or (dtype == np.float32 and _dtypes.is_half(x.dtype)
                                 and x.dtype.isnative)
     return layout.canonical(x if keep else x.astype(dtype))
