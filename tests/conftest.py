@@ -118,7 +118,7 @@ def threading_layer_env(layer, root):
     """The environment of a fresh interpreter that runs this checkout (``root``) under Numba's
     threading ``layer`` ("default": Numba's own choice) with two threads; skips when tbb is
     asked for and not installed."""
-    from numbabn.loopbench import tbb_environment
+    from numbabn.tools.loopbench import tbb_environment
     env = dict(os.environ, NUMBA_NUM_THREADS="2",
                PYTHONPATH=os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")]))
     for key in ("NUMBA_THREADING_LAYER", "OMP_WAIT_POLICY", "GOMP_SPINCOUNT"):

@@ -9,7 +9,7 @@ differ from PyTorch's (``tests/test_training_loop.py`` runs it without PyTorch i
 import numpy as np
 import pytest
 
-from numbabn import nets
+from numbabn.tools import nets
 
 
 def direct_conv3x3(x, kernel, stride, layout):

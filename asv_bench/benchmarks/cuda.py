@@ -93,7 +93,7 @@ class CudaStep(_CudaCase):
         self.sync()
 
     def track_bandwidth(self, case):
-        # two copies and four reads of an input-sized array (see numbabn/bench.py)
+        # two copies and four reads of an input-sized array (see numbabn/tools/bench.py)
         return round(8 * self.x.nbytes / self.seconds() / 1e9, 1)
 
     track_bandwidth.unit = "GB/s"

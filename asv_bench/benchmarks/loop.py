@@ -1,6 +1,6 @@
 """Batch norm inside training loops: whole NumPy training steps, and a layer step between matmuls.
 
-``TrainingStep`` times one SGD step of the networks in ``numbabn.nets`` (forward, loss, backward,
+``TrainingStep`` times one SGD step of the networks in ``numbabn.tools.nets`` (forward, loss, backward,
 update) with numbabn's batch norm and, as the baseline a NumPy user has otherwise, a plain NumPy
 batch norm; ``track_bn_share`` is the fraction of the step spent inside batch norm.
 ``Interleaved`` times a layer training step followed by a NumPy matmul, the pattern in which two
@@ -12,7 +12,7 @@ import time
 import numpy as np
 
 import numbabn
-from numbabn import loopbench, nets
+from numbabn.tools import loopbench, nets
 
 from .common import rng
 

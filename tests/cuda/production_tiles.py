@@ -21,8 +21,8 @@ simulator_fix.install()
 from numba import cuda  # noqa: E402
 
 from numbabn import functional as F  # noqa: E402
-from numbabn import selftest  # noqa: E402
 from numbabn.cuda import kernels as K  # noqa: E402
+from numbabn.tools import selftest  # noqa: E402
 
 assert K.SIMULATOR and not K.SMALL_TILES and (K.TX, K.TY, K.T) == (32, 8, 256)
 

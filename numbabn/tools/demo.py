@@ -31,7 +31,7 @@ from typing import Optional
 import numpy as np
 
 from ._cli import ProgressBar, positive_int
-from .layer import BatchNormalization
+from ..layer import BatchNormalization
 
 TARGET_ACCURACY = 0.95
 HIDDEN_UNITS = 64

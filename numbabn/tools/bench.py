@@ -57,7 +57,7 @@ from typing import Callable, Dict, List, Optional
 import numpy as np
 
 from ._cli import ProgressBar, positive_int
-from .layer import BatchNormalization
+from ..layer import BatchNormalization
 
 INSTALL_HINT = 'pip install "numbabn[bench]"'
 MOMENTUM = 0.99
@@ -197,7 +197,7 @@ class Numbabn(Implementation):
         self.only_numbabn = bool(layer_kwargs)
 
     def version(self):
-        from . import __version__
+        from .. import __version__
         return __version__
 
     def setup(self, case, data):

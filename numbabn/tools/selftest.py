@@ -51,10 +51,10 @@ from typing import Dict, List, Optional
 import numpy as np
 
 from ._cli import positive_int
-from ._dispatch import device_of
+from .._dispatch import device_of
 from .bench import (EPSILON, MOMENTUM, OP_TRAFFIC, OPS, Case, format_table, layer_ops,
                     make_data)
-from .layer import BatchNormalization
+from ..layer import BatchNormalization
 
 # ------------------------------------------------------------------------------------------------
 # verification
@@ -639,7 +639,7 @@ def device_description():
 def versions():
     from importlib import metadata
 
-    from . import __version__
+    from .. import __version__
     parts = [f"numbabn {__version__}"]
     for package in ("numba", "numba-cuda", "numpy"):
         try:
