@@ -1,7 +1,5 @@
 """Shared shapes, the seeding helper and small utilities for the numbabn benchmarks."""
-import statistics
 import sys
-import time
 from collections import namedtuple
 
 import numpy as np
@@ -46,21 +44,6 @@ def per_feature(case, value):
     """A float32 per-feature vector (``gamma``, ``beta``, statistics) filled with ``value``."""
     shape, axis = CASES[case]
     return np.full(shape[axis], value, dtype=DTYPE)
-
-
-def seconds_per_call(func, min_time=0.25, min_calls=5):
-    """Median wall time of one call of ``func``, over calls made for at least ``min_time`` s.
-
-    For ``track_`` benchmarks, which report a derived number (GB/s) rather than asv's own timing;
-    the median ignores the occasional call delayed by another process.
-    """
-    times = []
-    start = time.perf_counter()
-    while len(times) < min_calls or time.perf_counter() - start < min_time:
-        t0 = time.perf_counter()
-        func()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
 
 
 def fresh_interpreter_setup():

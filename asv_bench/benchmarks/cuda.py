@@ -5,6 +5,7 @@ reports as a skipped benchmark. Each timed body ends with a stream synchronizati
 asv would time the launch, not the work.
 """
 import numbabn
+from numbabn.tools.timing import CudaEventClock, median_seconds
 
 from .common import CASES, make_input
 
@@ -37,15 +38,7 @@ class _CudaCase:
 
     def seconds(self, repeats=20):
         """Median device time of ``run`` between CUDA events."""
-        start, stop = self.cupy.cuda.Event(), self.cupy.cuda.Event()
-        times = []
-        for _ in range(repeats):
-            start.record()
-            self.run()
-            stop.record()
-            stop.synchronize()
-            times.append(self.cupy.cuda.get_elapsed_time(start, stop) / 1e3)
-        return sorted(times)[len(times) // 2]
+        return median_seconds(self.run, repeats, clock=CudaEventClock(self.cupy))
 
 
 class CudaTrainingForward(_CudaCase):

@@ -7,12 +7,11 @@ batch norm; ``track_bn_share`` is the fraction of the step spent inside batch no
 thread pools (Numba's and OpenBLAS's) meet; ``track_interference`` is that pair's time over the
 two timed apart (1.0: no interference). ``python -m numbabn loop`` adds PyTorch eager.
 """
-import time
-
 import numpy as np
 
 import numbabn
 from numbabn.tools import loopbench, nets
+from numbabn.tools.timing import sample
 
 from .common import rng
 
@@ -38,10 +37,8 @@ class TrainingStep:
     def track_bn_share(self, network, norm):
         steps = 10
         self.net.timer.reset()
-        start = time.perf_counter()
-        for _ in range(steps):
-            self.net.step(self.x, self.labels)
-        return round(self.net.timer.seconds / (time.perf_counter() - start), 3)
+        per_step = sample(lambda: self.net.step(self.x, self.labels), inner=steps)
+        return round(self.net.timer.seconds / (steps * per_step), 3)
 
     track_bn_share.unit = "fraction"
 

@@ -1,4 +1,4 @@
-"""The command-line tools; ``import numbabn`` imports none of this.
+"""The command-line tools and what they share; ``import numbabn`` imports none of this.
 
 Commands (``python -m numbabn COMMAND``, registered in ``numbabn/__main__.py``):
 
@@ -10,5 +10,8 @@ Commands (``python -m numbabn COMMAND``, registered in ``numbabn/__main__.py``):
   GPU, then against cuDNN;
 * :mod:`~numbabn.tools.demo` (``demo``): a small MLP trained with and without batch norm.
 
-Shared by them: :mod:`~numbabn.tools._cli`, a progress bar and argument types.
+Shared by them, the tests and the asv suite (``asv_bench/``):
+
+* :mod:`~numbabn.tools.timing`: the one timer (median of repeated timed calls);
+* :mod:`~numbabn.tools._cli`: a progress bar and argument types for the commands.
 """

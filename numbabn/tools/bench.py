@@ -47,7 +47,6 @@ import datetime
 import json
 import os
 import platform
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -56,6 +55,7 @@ from typing import Callable, Dict, List, Optional
 
 import numpy as np
 
+from . import timing
 from ._cli import ProgressBar, positive_int
 from ..layer import BatchNormalization
 
@@ -606,17 +606,12 @@ def time_tasks(tasks, reps, gap, progress=None, done=0, label=""):
     Returns ``({key: [seconds per call, ...]}, done)``.
     """
     samples = {t.key: [] for t in tasks}
-    clock = time.perf_counter
     for rep in range(reps):
         shift = rep % len(tasks)
         for task in tasks[shift:] + tasks[:shift]:
             if gap:
                 time.sleep(gap)
-            fn, inner = task.fn, task.inner
-            start = clock()
-            for _ in range(inner):
-                fn()
-            samples[task.key].append((clock() - start) / inner)
+            samples[task.key].append(timing.sample(task.fn, task.inner))
         done += 1
         if progress is not None:
             progress.update(done, label)
@@ -653,18 +648,6 @@ class OtherLoad:
             return None
         other = (end[0] - self.start[0]) - (end[1] - self.start[1])
         return max(other, 0.0) / (end[2] - self.start[2])
-
-
-def summarize(values):
-    """Median, relative interquartile range, and the samples in the order they were taken."""
-    ordered = sorted(values)
-    median = statistics.median(ordered)
-    if len(ordered) >= 4:
-        q = statistics.quantiles(ordered, n=4)
-        spread = (q[2] - q[0]) / median if median > 0 else 0.0
-    else:
-        spread = (ordered[-1] - ordered[0]) / median if median > 0 else 0.0
-    return {"median": median, "spread": spread, "samples": list(values)}
 
 
 # ------------------------------------------------------------------------------------------------
@@ -757,7 +740,7 @@ def run_case(case, impls, options, progress=None, done=0):
             task.fn()
     reps = options.small_reps if case.small else options.reps
     samples, done = time_tasks(tasks, reps, options.gap, progress, done, case.name)
-    summary = {k: summarize(v) for k, v in samples.items()}
+    summary = {k: timing.summarize(v) for k, v in samples.items()}
     roof = {name: summary[f"roofline:{name}"] for name in ROOFLINE}
     floor, floor_alloc = floors({k: v["median"] for k, v in roof.items()})
     cells = {op: {key: summary[f"{key}:{op}"] for key in funcs if f"{key}:{op}" in summary}

@@ -36,7 +36,7 @@ import time
 
 import numpy as np
 
-from . import nets
+from . import nets, timing
 from ._cli import ProgressBar, positive_int
 from .bench import _name_list, _threading_layer, default_threads, format_table, numba_threads
 
@@ -281,10 +281,7 @@ def time_networks(names, impls, rounds, threads, progress=None, warmup=WARMUP):
                 net = bns.get(impl)
                 if net is not None:
                     net.timer.reset()
-                start = time.perf_counter()
-                for _ in range(BLOCK):
-                    steps[impl]()
-                per_step[impl].append((time.perf_counter() - start) / BLOCK)
+                per_step[impl].append(timing.sample(steps[impl], BLOCK))
                 if net is not None:
                     in_bn[impl].append(net.timer.seconds / BLOCK)
                 done += 1
@@ -332,9 +329,7 @@ def time_pairs(shapes=PAIR_SHAPES, calls=PAIR_CALLS, matmul=PAIR_MATMUL, rounds=
             for label, fn in parts.items():
                 time.sleep(PAIR_PAUSE)
                 for _ in range(max(1, calls // rounds)):
-                    start = time.perf_counter()
-                    fn()
-                    samples[label].append(time.perf_counter() - start)
+                    samples[label].append(timing.sample(fn))
         timed = {label: statistics.median(v) for label, v in samples.items()}
         rows.append({"shape": list(shape), "step_us": 1e6 * timed["step"],
                      "matmul_us": 1e6 * timed["matmul"], "pair_us": 1e6 * timed["pair"],

@@ -42,7 +42,6 @@ parser); CuPy is imported when the benchmark runs.
 import argparse
 import contextlib
 import dataclasses
-import statistics
 import sys
 import threading
 import warnings
@@ -50,6 +49,7 @@ from typing import Dict, List, Optional
 
 import numpy as np
 
+from . import timing
 from ._cli import positive_int
 from .._dispatch import device_of
 from .bench import (EPSILON, MOMENTUM, OP_TRAFFIC, OPS, Case, format_table, layer_ops,
@@ -375,27 +375,17 @@ def import_cupy():
 
 
 class EventTimer:
-    """Median seconds per call of a callable, from CUDA events on CuPy's current stream."""
+    """Median seconds per call of a callable, from CUDA events on CuPy's current stream (see
+    :mod:`numbabn.tools.timing`)."""
 
     def __init__(self, cp, repeats, inner=INNER, warmup=WARMUP):
-        self.cp, self.repeats, self.inner, self.warmup = cp, repeats, inner, warmup
-        self.stream = cp.cuda.get_current_stream()
+        self.repeats, self.inner, self.warmup = repeats, inner, warmup
+        self.clock = timing.CudaEventClock(cp)
+        self.stream = self.clock.stream
 
     def __call__(self, fn):
-        cp = self.cp
-        for _ in range(self.warmup):
-            fn()
-        self.stream.synchronize()
-        start, end = cp.cuda.Event(), cp.cuda.Event()
-        samples = []
-        for _ in range(self.repeats):
-            start.record(self.stream)
-            for _ in range(self.inner):
-                fn()
-            end.record(self.stream)
-            end.synchronize()
-            samples.append(cp.cuda.get_elapsed_time(start, end) * 1e-3 / self.inner)
-        return statistics.median(samples)
+        return timing.median_seconds(fn, self.repeats, inner=self.inner, warmup=self.warmup,
+                                     clock=self.clock)
 
 
 def copy_bandwidth(cp, nbytes, timer):
