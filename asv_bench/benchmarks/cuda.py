@@ -6,6 +6,7 @@ asv would time the launch, not the work.
 """
 import numbabn
 from numbabn.tools.timing import CudaEventClock, median_seconds
+from numbabn.tools.traffic import gb_per_s
 
 from .common import CASES, make_input
 
@@ -53,7 +54,7 @@ class CudaTrainingForward(_CudaCase):
 
     def track_bandwidth(self, case):
         # the least traffic: one read of x (statistics), then read x and write y
-        return round(3 * self.x.nbytes / self.seconds() / 1e9, 1)
+        return round(gb_per_s("train", self.x.nbytes, self.seconds()), 1)
 
     track_bandwidth.unit = "GB/s"
 
@@ -69,7 +70,7 @@ class CudaInferenceForward(_CudaCase):
         self.sync()
 
     def track_bandwidth(self, case):
-        return round(2 * self.x.nbytes / self.seconds() / 1e9, 1)
+        return round(gb_per_s("infer", self.x.nbytes, self.seconds()), 1)
 
     track_bandwidth.unit = "GB/s"
 
@@ -86,7 +87,7 @@ class CudaStep(_CudaCase):
         self.sync()
 
     def track_bandwidth(self, case):
-        # two copies and four reads of an input-sized array (see numbabn/tools/bench.py)
-        return round(8 * self.x.nbytes / self.seconds() / 1e9, 1)
+        # two copies and four reads of an input-sized array (numbabn.tools.traffic)
+        return round(gb_per_s("step", self.x.nbytes, self.seconds()), 1)
 
     track_bandwidth.unit = "GB/s"

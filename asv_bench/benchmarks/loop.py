@@ -1,8 +1,8 @@
 """Batch norm inside training loops: whole NumPy training steps, and a layer step between matmuls.
 
-``TrainingStep`` times one SGD step of the networks in ``numbabn.tools.nets`` (forward, loss, backward,
-update) with numbabn's batch norm and, as the baseline a NumPy user has otherwise, a plain NumPy
-batch norm; ``track_bn_share`` is the fraction of the step spent inside batch norm.
+``TrainingStep`` times one SGD step of the networks in ``numbabn.tools.nets`` (forward, loss,
+backward, update) with numbabn's batch norm and, as the baseline a NumPy user has otherwise, a
+plain NumPy batch norm; ``track_bn_share`` is the fraction of the step spent inside batch norm.
 ``Interleaved`` times a layer training step followed by a NumPy matmul, the pattern in which two
 thread pools (Numba's and OpenBLAS's) meet; ``track_interference`` is that pair's time over the
 two timed apart (1.0: no interference). ``python -m numbabn loop`` adds PyTorch eager.

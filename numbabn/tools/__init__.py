@@ -13,5 +13,6 @@ Commands (``python -m numbabn COMMAND``, registered in ``numbabn/__main__.py``):
 Shared by them, the tests and the asv suite (``asv_bench/``):
 
 * :mod:`~numbabn.tools.timing`: the one timer (median of repeated timed calls);
+* :mod:`~numbabn.tools.traffic`: the bytes each op must move (GB/s, memory floors);
 * :mod:`~numbabn.tools._cli`: a progress bar and argument types for the commands.
 """

@@ -9,21 +9,12 @@
 
 Every case is timed against a roofline measured in the same run, on an array of the input's size
 and on the same number of threads: a parallel Numba copy into a preallocated array and a parallel
-Numba sum (read). Batch normalization cannot move less data than
-
-==========  =========================  ==================================================
-op          memory floor               why
-==========  =========================  ==================================================
-train       1 read + 1 copy of x       statistics read x; normalizing reads x, writes y
-infer       1 copy                     read x, write y
-step        2 copies + 4 reads         train, then the backward sums read x and dy, and
-                                       the input gradient reads x and dy and writes dx
-==========  =========================  ==================================================
-
-so an op's time divided by its floor says how far it is from the memory bound. A second floor
-uses a copy into a freshly allocated array, because a new 64 MB output is mapped afresh by the
-operating system and its pages are zeroed on first touch (every implementation here returns a new
-array).
+Numba sum (read). Batch normalization cannot move less data than the traffic model of
+:mod:`numbabn.tools.traffic` says (train: 1 copy + 1 read of x; infer: 1 copy; step: 2 copies +
+4 reads), so an op's time divided by its floor says how far it is from the memory bound. A
+second floor uses a copy into a freshly allocated array, because a new 64 MB output is mapped
+afresh by the operating system and its pages are zeroed on first touch (every implementation
+here returns a new array).
 
 The peers are timed as their users call them: ``torch.nn.functional.batch_norm`` (channels-last
 memory format for NHWC; autograd for ``step``, ``torch.no_grad()`` for ``infer``) and
@@ -55,17 +46,15 @@ from typing import Callable, Dict, List, Optional
 
 import numpy as np
 
-from . import timing
+from . import timing, traffic
 from ._cli import ProgressBar, positive_int
 from ..layer import BatchNormalization
+from .traffic import COPY_PASSES, OPS, READ_PASSES
 
 INSTALL_HINT = 'pip install "numbabn[bench]"'
 MOMENTUM = 0.99
 EPSILON = 1e-3
 GHOST_BATCH = 8
-OPS = ("train", "infer", "step")
-# Bytes an op must move, in units of the input's size: reads + writes (see the module docstring).
-OP_TRAFFIC = {"train": 3, "infer": 2, "step": 8}
 DEFAULT_REPS = 15
 SMALL_REPS = 150
 QUICK_REPS = 5
@@ -583,10 +572,7 @@ def floors(roof):
     """
     copy = min(roof["copy flat"], roof["copy blocks"])
     read = min(roof["read flat"], roof["read blocks"])
-    alloc = roof["alloc+copy"]
-    floor = {"train": read + copy, "infer": copy, "step": 2 * copy + 4 * read}
-    floor_alloc = {"train": read + alloc, "infer": alloc, "step": 2 * alloc + 4 * read}
-    return floor, floor_alloc
+    return traffic.floors(copy, read), traffic.floors(roof["alloc+copy"], read)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -892,7 +878,7 @@ def result_rows(results, impls):
                 rows.append({
                     "case": case.label(), "op": op, "impl": labels[key], "key": key,
                     "time": _fmt_time(t, case.small) + (" ~" if noisy else ""),
-                    "GB/s": f"{OP_TRAFFIC[op] * case.nbytes / t / 1e9:.1f}",
+                    "GB/s": f"{traffic.gb_per_s(op, case.nbytes, t):.1f}",
                     "x floor": _fmt_ratio(t / res.floor[op]),
                     "x floor+alloc": _fmt_ratio(t / res.floor_alloc[op]),
                     "x best peer": _fmt_ratio(None if best_peer is None or key in only
@@ -915,15 +901,15 @@ def roofline_rows(results):
         case, roof = res.case, res.roofline
         size = case.nbytes
 
-        def gbs(name, traffic):
-            return f"{traffic * size / roof[name]['median'] / 1e9:.1f}"
+        def gbs(name, passes):
+            return f"{passes * size / roof[name]['median'] / 1e9:.1f}"
 
         rows.append({
             "case": case.label(), "MB": f"{size / 1e6:.2f}",
             "other": "?" if res.other_load is None else f"{res.other_load:.2f}",
-            "read": f"{gbs('read flat', 1)} / {gbs('read blocks', 1)}",
-            "copy": f"{gbs('copy flat', 2)} / {gbs('copy blocks', 2)}",
-            "alloc+copy": gbs("alloc+copy", 2), "np.copy": gbs("np.copy", 2),
+            "read": f"{gbs('read flat', READ_PASSES)} / {gbs('read blocks', READ_PASSES)}",
+            "copy": f"{gbs('copy flat', COPY_PASSES)} / {gbs('copy blocks', COPY_PASSES)}",
+            "alloc+copy": gbs("alloc+copy", COPY_PASSES), "np.copy": gbs("np.copy", COPY_PASSES),
             "floor": " / ".join(_fmt_time(res.floor[op], case.small) for op in res.floor),
             "floor+alloc": " / ".join(_fmt_time(res.floor_alloc[op], case.small)
                                       for op in res.floor_alloc),
@@ -1042,8 +1028,8 @@ def write_markdown(path, info, results, impls, startup, notes, ops):
     lines += ["| | |", "| --- | --- |"] + [f"| {k} | {v} |" for k, v in info.items()]
     lines += ["", "## Memory roofline (measured in the same run)", "",
               "Parallel Numba kernels on the bench's threads, on an array of the input's size. "
-              "Copy bandwidth counts bytes read + written. Floors: train = read + copy, infer = "
-              "copy, step = 2 copies + 4 reads (best of the flat and blocked kernels); "
+              f"Copy bandwidth counts bytes read + written. Floors: {traffic.legend()} (best "
+              "of the flat and blocked kernels); "
               "floor+alloc copies into a freshly allocated array instead. Other load: cores "
               "that other processes kept busy while the case ran (0 on an idle machine).", "",
               format_table(roofline_rows(results), ROOF_COLUMNS, roof_headers(ops), True)]
@@ -1053,9 +1039,10 @@ def write_markdown(path, info, results, impls, startup, notes, ops):
               format_table(summary_rows(results, impls), ("case", "op") + tuple(
                   i.key for i in impls), ("case", "op") + tuple(i.label for i in impls), True)]
     lines += ["", "## Results", "",
-              "Medians. GB/s = bytes the op must move (train 3, infer 2, step 8 times the input) "
-              "÷ time. × best peer: ÷ the faster of PyTorch and TensorFlow. `~`: noisy "
-              f"(interquartile range > {NOISY:.0%} of the median).", "",
+              "Medians. GB/s = bytes the op must move ("
+              + ", ".join(f"{op} {traffic.TRAFFIC[op].passes}" for op in OPS)
+              + " times the input) ÷ time. × best peer: ÷ the faster of PyTorch and TensorFlow. "
+              f"`~`: noisy (interquartile range > {NOISY:.0%} of the median).", "",
               format_table(result_rows(results, impls), ROW_COLUMNS, ROW_HEADERS, True)]
     agreement = agreement_rows(results, impls)
     if agreement:

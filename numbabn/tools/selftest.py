@@ -20,10 +20,11 @@
    (``cupy.cudnn.batch_normalization_forward_training``, ``..._forward_inference`` and
    ``batch_normalization_backward``). Every case is also timed against a device-to-device copy of
    an array of the input's size, measured in the same run. Cells report the median time, the
-   bandwidth the op must use (bytes moved at least, as in ``bench``: train = 1 read + 1 copy of
-   the input, infer = 1 copy, step = 2 copies + 4 reads, divided by the time) and that bandwidth
-   as a percentage of the measured copy bandwidth. Before timing, cuDNN's outputs are compared
-   with numbabn's, so that the table only compares implementations that compute the same thing.
+   bandwidth the op must use (bytes moved at least, :mod:`numbabn.tools.traffic`: train = 1 copy
+   + 1 read of the input, infer = 1 copy, step = 2 copies + 4 reads, divided by the time) and that
+   bandwidth as a percentage of the measured copy bandwidth. Before timing, cuDNN's outputs are
+   compared with numbabn's, so that the table only compares implementations that compute the same
+   thing.
 
 Timing: every callable is warmed up (its kernels compiled) first; a sample is ``INNER`` calls in a
 row between two CUDA events on CuPy's current stream, their mean, so that the host's work for one
@@ -49,12 +50,12 @@ from typing import Dict, List, Optional
 
 import numpy as np
 
-from . import timing
+from . import timing, traffic
 from ._cli import positive_int
 from .._dispatch import device_of
-from .bench import (EPSILON, MOMENTUM, OP_TRAFFIC, OPS, Case, format_table, layer_ops,
-                    make_data)
+from .bench import EPSILON, MOMENTUM, Case, format_table, layer_ops, make_data
 from ..layer import BatchNormalization
+from .traffic import COPY_PASSES, OPS
 
 # ------------------------------------------------------------------------------------------------
 # verification
@@ -402,7 +403,7 @@ def copy_bandwidth(cp, nbytes, timer):
                             runtime.memcpyDeviceToDevice, stream_ptr)
 
     times = {"memcpy": timer(memcpy), "kernel": timer(lambda: kernel(src, dst))}
-    return {k: 2 * src.nbytes / t for k, t in times.items()}
+    return {k: COPY_PASSES * src.nbytes / t for k, t in times.items()}
 
 
 class Cudnn:
@@ -568,7 +569,7 @@ def _cell(seconds, case, op, copy_bw):
     """(ms, GB/s, % of copy bandwidth) strings for one time."""
     if seconds is None:
         return "", "", ""
-    rate = OP_TRAFFIC[op] * case.nbytes / seconds
+    rate = traffic.bytes_moved(op, case.nbytes) / seconds
     return f"{seconds * 1e3:.3f}", f"{rate / 1e9:.0f}", f"{100 * rate / copy_bw:.0f}%"
 
 
@@ -604,9 +605,9 @@ def copy_rows(results):
             for res in results]
 
 
-BENCH_LEGEND = ("Medians. GB/s: bytes the op must move (train = 1 read + 1 copy of the input, "
-                "infer = 1 copy, step = 2 copies + 4 reads) ÷ time; % copy: of the measured "
-                "copy bandwidth (best of memcpy and a copy kernel, bytes read + written). "
+BENCH_LEGEND = (f"Medians. GB/s: bytes the op must move ({traffic.legend()}, of the input) "
+                "÷ time; % copy: of the measured copy bandwidth (best of memcpy and a copy "
+                "kernel, bytes read + written). "
                 "numbabn ÷ cuDNN: time ratio (above 1: numbabn is slower). max diff: max |cuDNN "
                 "- numbabn| ÷ max(1, max |numbabn|) of the op's output (dx for step).")
 
