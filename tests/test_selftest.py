@@ -18,7 +18,7 @@ import pytest
 
 from numbabn.tools import selftest
 from numbabn.__main__ import main
-from numbabn.tools.bench import Case
+from numbabn.tools.shapes import Case
 
 ONE_CHECK = (selftest.Check("NC", (12, 10)),)
 

@@ -11,6 +11,7 @@ import numpy as np
 
 import numbabn
 from numbabn.tools import loopbench, nets
+from numbabn.tools.shapes import PAIR_MATMUL, PAIR_SHAPES
 from numbabn.tools.timing import sample
 
 from .common import rng
@@ -44,9 +45,9 @@ class TrainingStep:
 
 
 class Interleaved:
-    params = [["32x16x16x64", "64x8x8x32"]]
+    params = [["x".join(map(str, shape)) for shape in PAIR_SHAPES]]
     param_names = ["shape"]
-    MATMUL = 256
+    MATMUL = PAIR_MATMUL
 
     def setup(self, shape):
         dims = tuple(int(d) for d in shape.split("x"))

@@ -46,9 +46,10 @@ from typing import Callable, Dict, List, Optional
 
 import numpy as np
 
+from ..layer import BatchNormalization
 from . import timing, traffic
 from ._cli import ProgressBar, positive_int
-from ..layer import BatchNormalization
+from .shapes import CASES, Case
 from .traffic import COPY_PASSES, OPS, READ_PASSES
 
 INSTALL_HINT = 'pip install "numbabn[bench]"'
@@ -80,46 +81,6 @@ on the same number of threads. Also measures the start-up cost (import + first t
 with a warm and a cold kernel cache. Run it on an otherwise idle machine.
 PyTorch, TensorFlow and matplotlib: pip install "numbabn[bench]".
 """
-
-
-@dataclasses.dataclass(frozen=True)
-class Case:
-    """An input shape and its feature axis; ``small`` cases measure call overhead (in µs)."""
-    name: str
-    shape: tuple
-    axis: int
-    small: bool = False
-
-    @property
-    def layout(self):
-        """``"NC"``, ``"NHWC"`` (features last), ``"NCHW"`` (features after the batch) or
-        ``"other"``."""
-        ndim = len(self.shape)
-        axis = self.axis % ndim
-        if ndim == 2 and axis == 1:
-            return "NC"
-        if ndim > 2 and axis in (1, ndim - 1):
-            return "NHWC" if axis == ndim - 1 else "NCHW"
-        return "other"
-
-    @property
-    def channels(self):
-        return self.shape[self.axis]
-
-    @property
-    def nbytes(self):
-        return int(np.prod(self.shape)) * 4
-
-    def label(self):
-        return f"{self.name} {'x'.join(map(str, self.shape))}"
-
-
-CASES = {
-    "NC": Case("NC", (65536, 256), -1),
-    "NHWC": Case("NHWC", (32, 56, 56, 128), -1),
-    "NCHW": Case("NCHW", (32, 128, 56, 56), 1),
-    "small": Case("small", (256, 64), -1, small=True),
-}
 
 
 @dataclasses.dataclass
@@ -738,18 +699,19 @@ def run_case(case, impls, options, progress=None, done=0):
 # ------------------------------------------------------------------------------------------------
 # start-up: import + first training step in a fresh interpreter
 
-STARTUP_SCRIPT = """\
+STARTUP_SHAPE = CASES["small"].shape
+STARTUP_SCRIPT = f"""\
 import json, time
 t0 = time.perf_counter()
 import numpy as np
 import numbabn
 t1 = time.perf_counter()
-x = np.random.default_rng(0).normal(size=(256, 64)).astype(np.float32)
+x = np.random.default_rng(0).normal(size={STARTUP_SHAPE}).astype(np.float32)
 layer = numbabn.BatchNormalization()
 y = layer(x, training=True)
 dx = layer.backward(np.ones_like(y))
 t2 = time.perf_counter()
-print(json.dumps({"import": t1 - t0, "first_step": t2 - t1}))
+print(json.dumps({{"import": t1 - t0, "first_step": t2 - t1}}))
 """
 
 
@@ -1018,7 +980,8 @@ def startup_text(startup):
     for kind in ("warm", "cold"):
         s = startup[kind]
         lines.append(f"{kind} cache: process {s['process']:.2f} s = `import numbabn` "
-                     f"{s['import']:.2f} s + first training step (256x64, forward + backward) "
+                     f"{s['import']:.2f} s + first training step "
+                     f"({'x'.join(map(str, STARTUP_SHAPE))}, forward + backward) "
                      f"{s['first_step']:.2f} s + interpreter start-up")
     return lines
 

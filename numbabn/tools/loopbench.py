@@ -39,6 +39,7 @@ import numpy as np
 from . import nets, timing
 from ._cli import ProgressBar, positive_int
 from .bench import _name_list, _threading_layer, default_threads, format_table, numba_threads
+from .shapes import PAIR_MATMUL, PAIR_SHAPES
 
 BLOCK = 5
 ROUNDS = 8
@@ -50,8 +51,6 @@ QUICK_WARMUP = 60
 # Idle seconds before each block: every library's worker threads (OpenBLAS's, OpenMP's) spin for a
 # while after their last parallel region; without the pause they slow the next library's block.
 GAP = 0.3
-PAIR_SHAPES = ((32, 16, 16, 64), (64, 8, 8, 32))
-PAIR_MATMUL = 256
 PAIR_CALLS = 300
 PAIR_ROUNDS = 5
 PAIR_PAUSE = 0.3

@@ -50,11 +50,12 @@ from typing import Dict, List, Optional
 
 import numpy as np
 
-from . import timing, traffic
-from ._cli import positive_int
 from .._dispatch import device_of
-from .bench import EPSILON, MOMENTUM, Case, format_table, layer_ops, make_data
 from ..layer import BatchNormalization
+from . import shapes, timing, traffic
+from ._cli import positive_int
+from .bench import EPSILON, MOMENTUM, format_table, layer_ops, make_data
+from .shapes import Case
 from .traffic import COPY_PASSES, OPS
 
 # ------------------------------------------------------------------------------------------------
@@ -335,16 +336,9 @@ def verify(checks, out):
 # ------------------------------------------------------------------------------------------------
 # benchmark
 
-BENCH_CASES = (
-    Case("NC", (65536, 256), -1),
-    Case("NHWC", (32, 56, 56, 128), -1),
-    Case("NCHW", (32, 128, 56, 56), 1),
-)
-QUICK_BENCH_CASES = (
-    Case("NC", (8192, 256), -1),
-    Case("NHWC", (8, 28, 28, 128), -1),
-    Case("NCHW", (8, 128, 28, 28), 1),
-)
+# the large shapes of ``python -m numbabn bench``, and the same layouts smaller for --quick
+BENCH_CASES = shapes.LARGE_CASES
+QUICK_BENCH_CASES = shapes.QUICK_CASES
 DEFAULT_REPEATS = 20
 QUICK_REPEATS = 5
 WARMUP = 3
