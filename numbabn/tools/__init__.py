@@ -15,5 +15,7 @@ Shared by them, the tests and the asv suite (``asv_bench/``):
 * :mod:`~numbabn.tools.timing`: the one timer (median of repeated timed calls);
 * :mod:`~numbabn.tools.traffic`: the bytes each op must move (GB/s, memory floors);
 * :mod:`~numbabn.tools.shapes`: the benchmark shapes;
+* :mod:`~numbabn.tools.tolerances`: the per-dtype tolerances of every comparison (tests/ and
+  ``selftest``);
 * :mod:`~numbabn.tools._cli`: a progress bar and argument types for the commands.
 """

@@ -8,7 +8,8 @@
    arrays (the CPU engine) and the other with Numba device arrays (the CUDA engine) through the
    same training steps, ``y = layer(x, training=True)`` then ``dx = layer.backward(dy)``, and one
    inference call with its backward. Outputs, input gradients, ``layer.grads`` and every weight
-   are compared after each call, within :data:`TOLERANCE` (per result dtype). A gradient sum over
+   are compared after each call, within :data:`TOLERANCE` (per result dtype, the table of
+   :mod:`numbabn.tools.tolerances` that the test suite uses too). A gradient sum over
    ``n`` values gets ``sqrt(n)`` times the absolute tolerance: both engines accumulate in float64,
    so their sums differ by the rounding of the float32 terms, which adds up like a random walk.
    One line per case; the exit status is 1 if any case fails.
@@ -52,7 +53,7 @@ import numpy as np
 
 from .._dispatch import device_of
 from ..layer import BatchNormalization
-from . import shapes, timing, traffic
+from . import shapes, timing, tolerances, traffic
 from ._cli import positive_int
 from .bench import EPSILON, MOMENTUM, format_table, layer_ops, make_data
 from .shapes import Case
@@ -61,13 +62,8 @@ from .traffic import COPY_PASSES, OPS
 # ------------------------------------------------------------------------------------------------
 # verification
 
-# (rtol, atol) per dtype of the compared result. float16 results (the input gradient of float16
-# input) are the float32 result rounded: one float16 ulp is about 1e-3 relative.
-TOLERANCE = {
-    np.dtype(np.float16): (2e-3, 2e-3),
-    np.dtype(np.float32): (2e-5, 2e-5),
-    np.dtype(np.float64): (1e-10, 1e-10),
-}
+# (rtol, atol) per dtype of the compared result: the test suite's table.
+TOLERANCE = tolerances.TOLERANCE
 TRAIN_STEPS = 3
 # Moving statistics move visibly within TRAIN_STEPS steps (the default 0.99 would hide them).
 CHECK_MOMENTUM = 0.9
@@ -189,7 +185,7 @@ def compare(label, got, want, scale=1.0, on_device=True):
     if got.shape != want.shape or got.dtype != want.dtype:
         return Comparison(label, float("inf"), float("inf"), False,
                           f"{got.dtype}{got.shape}, expected {want.dtype}{want.shape}")
-    rtol, atol = TOLERANCE[want.dtype]
+    rtol, atol = TOLERANCE[tolerances.key(want.dtype)]
     want64 = want.astype(np.float64)
     diff = np.abs(got.astype(np.float64) - want64)
     diff = np.where(np.isnan(diff), np.inf, diff)          # NaN never passes
