@@ -25,7 +25,8 @@ with numbabn's, so the table only compares implementations that compute the same
 
 Timing: every callable is warmed up (compiled) first; then the rounds run every callable of a
 case once, round-robin, with a short idle gap before each sample so that one library's spinning
-worker threads do not slow the next; each cell is the median of its samples.
+worker threads do not slow the next; each cell is the median of its samples (each sample taken
+with :func:`numbabn.tools.timing.sample`).
 
 The module imports no optional package at import time (the command line imports it to build its
 parser); PyTorch, TensorFlow and matplotlib are imported when used and skipped with a note when

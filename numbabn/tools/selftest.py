@@ -30,8 +30,8 @@
 Timing: every callable is warmed up (its kernels compiled) first; a sample is ``INNER`` calls in a
 row between two CUDA events on CuPy's current stream, their mean, so that the host's work for one
 call overlaps the device's work for the previous one, as in a training loop; each cell is the
-median of its samples. numbabn queues its kernels on the input's stream (CuPy's, the legacy
-default stream unless CuPy is told otherwise), which the events see.
+median of its samples (:mod:`numbabn.tools.timing`). numbabn queues its kernels on the input's
+stream (CuPy's, the legacy default stream unless CuPy is told otherwise), which the events see.
 
 Without a CUDA device the command says so and returns 2. Under Numba's CUDA simulator
 (``NUMBA_ENABLE_CUDASIM=1``), which runs every CUDA thread as a Python thread, the verification
