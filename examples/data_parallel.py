@@ -16,7 +16,7 @@ import numpy as np
 from mpi4py import MPI
 
 from numbabn import BatchNormalization
-from numbabn import demo
+from numbabn.tools import demo
 
 
 def share(batch, rank, size):

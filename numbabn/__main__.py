@@ -1,9 +1,9 @@
 """Command line: ``python -m numbabn COMMAND [options]``.
 
-Each command lives in its own module, which provides ``add_arguments(parser)`` and
-``run(args) -> exit status``; adding a command means adding a line to ``COMMANDS``. A module may
-also define ``DESCRIPTION`` for its ``--help``. The modules are imported to build the parser, so
-they must not import optional packages at top level.
+Each command lives in its own module of :mod:`numbabn.tools`, which provides
+``add_arguments(parser)`` and ``run(args) -> exit status``; adding a command means adding a line
+to ``COMMANDS``. A module may also define ``DESCRIPTION`` for its ``--help``. The modules are
+imported to build the parser, so they must not import optional packages at top level.
 """
 import argparse
 import importlib
@@ -13,11 +13,14 @@ from . import __version__
 
 # name -> (module, one-line help)
 COMMANDS = {
-    "demo": ("numbabn.demo",
+    "demo": ("numbabn.tools.demo",
              "train a small MLP on handwritten digits with and without batch normalization"),
-    "bench": ("numbabn.bench", "time the layer against a memory roofline, NumPy, PyTorch, TF"),
-    "loop": ("numbabn.loopbench", "time training steps of NumPy networks, against PyTorch eager"),
-    "selftest": ("numbabn.selftest", "check the CUDA engine on this GPU, time it against cuDNN"),
+    "bench": ("numbabn.tools.bench",
+              "time the layer against a memory roofline, NumPy, PyTorch, TF"),
+    "loop": ("numbabn.tools.loopbench",
+             "time training steps of NumPy networks, against PyTorch eager"),
+    "selftest": ("numbabn.tools.selftest",
+                 "check the CUDA engine on this GPU, time it against cuDNN"),
 }
 
 

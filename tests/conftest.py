@@ -40,38 +40,25 @@ collect_ignore = ["golden/generate.py", "golden/generate_keras3_masked.py",
                   "golden/generate_sgd.py", "ptx_compile.py", "mpi", "reliability", "cuda",
                   "simulator_fix.py"]
 
-# Tolerances are data: one row per compute dtype, used by every comparison in the suite.
-# float32 results are compared with outputs of order 1; float64 with the float64 reference.
-TOLERANCE = {
-    np.dtype(np.float16): dict(rtol=2e-3, atol=2e-3),
-    # bfloat16 keeps 8 significant bits: half an ulp is 2**-9 of the value
-    "bfloat16": dict(rtol=8e-3, atol=8e-3),
-    np.dtype(np.float32): dict(rtol=2e-5, atol=2e-5),
-    np.dtype(np.float64): dict(rtol=1e-10, atol=1e-12),
-}
-
-
-# Batch statistics against the float64 reference: they accumulate in float64 for every input
-# dtype, so float32 input gets float64-accurate statistics of its (float32) values.
-STATS_RTOL = {np.dtype(np.float32): 1e-9, np.dtype(np.float64): 1e-9}
-
-
-def tolerance(dtype):
-    dtype = np.dtype(dtype)
-    return TOLERANCE["bfloat16" if dtype.name == "bfloat16" else dtype]
+# Tolerances are data: one row per compute dtype, used by every comparison in the suite and by
+# python -m numbabn selftest (numbabn/tools/tolerances.py).
+from numbabn.tools.tolerances import STATS_RTOL, TOLERANCE, tolerance  # noqa: E402, F401
 
 
 def assert_close(actual, expected, dtype=None, scale=1.0, err_msg=""):
     """Compare within the tolerance of ``dtype`` (default: ``actual``'s), ``scale`` times looser."""
     actual = np.asarray(actual)
-    tol = tolerance(dtype if dtype is not None else actual.dtype)
+    rtol, atol = tolerance(dtype if dtype is not None else actual.dtype)
     np.testing.assert_allclose(actual.astype(np.float64), np.asarray(expected, np.float64),
-                               rtol=tol["rtol"] * scale, atol=tol["atol"] * scale,
-                               err_msg=err_msg)
+                               rtol=rtol * scale, atol=atol * scale, err_msg=err_msg)
 
 
 def numeric_grad(f, x, h=1e-6):
-    """Central differences of the scalar function ``f`` at the float64 array ``x``."""
+    """Central differences of the scalar function ``f`` at the float64 array ``x``.
+
+    Gradients are compared with these within tolerances of their own, not the TOLERANCE table:
+    the error is the step's truncation and cancellation, not a dtype's rounding.
+    """
     g = np.zeros_like(x)
     for i in np.ndindex(x.shape):
         e = np.zeros_like(x)
@@ -118,7 +105,7 @@ def threading_layer_env(layer, root):
     """The environment of a fresh interpreter that runs this checkout (``root``) under Numba's
     threading ``layer`` ("default": Numba's own choice) with two threads; skips when tbb is
     asked for and not installed."""
-    from numbabn.loopbench import tbb_environment
+    from numbabn.tools.loopbench import tbb_environment
     env = dict(os.environ, NUMBA_NUM_THREADS="2",
                PYTHONPATH=os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")]))
     for key in ("NUMBA_THREADING_LAYER", "OMP_WAIT_POLICY", "GOMP_SPINCOUNT"):

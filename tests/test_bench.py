@@ -1,4 +1,4 @@
-"""Tests for ``python -m numbabn bench`` (numbabn/bench.py).
+"""Tests for ``python -m numbabn bench`` (numbabn/tools/bench.py).
 
 The bench runs in-process on tiny shapes with two samples per cell; nothing here asserts a
 timing. What is checked: the report's rows and columns, the JSON and Markdown files, that the
@@ -12,7 +12,9 @@ import numpy as np
 import pytest
 from conftest import assert_close
 
-from numbabn import BatchNormalization, bench
+import numbabn
+from numbabn import BatchNormalization
+from numbabn.tools import bench
 from numbabn.__main__ import build_parser
 
 TINY = {
@@ -247,5 +249,5 @@ def test_startup_runs_numbabn_in_a_fresh_interpreter(monkeypatch, tmp_path):
         "print(json.dumps({'import': 0.5, 'first_step': 0.25, 'where': numbabn.__file__}))\n"))
     result = bench.startup_once(threads=1, cache_dir=str(tmp_path))
     assert result["import"] == 0.5 and result["first_step"] == 0.25
-    assert result["where"] == bench.__file__.replace("bench.py", "__init__.py")
+    assert result["where"] == numbabn.__file__
     assert result["process"] > 0

@@ -1,4 +1,4 @@
-"""Tests for ``python -m numbabn demo`` (numbabn/demo.py and numbabn/__main__.py).
+"""Tests for ``python -m numbabn demo`` (numbabn/tools/demo.py and numbabn/__main__.py).
 
 The comparison runs once, in-process, with few steps; the assertions are properties of the
 training itself (BN learns, tolerates the high learning rate, the plain network does not), of the
@@ -13,8 +13,8 @@ import pytest
 
 pytest.importorskip("sklearn")
 
-from numbabn import demo
-from numbabn._cli import ProgressBar  # noqa: E402
+from numbabn.tools import demo
+from numbabn.tools._cli import ProgressBar  # noqa: E402
 from numbabn.__main__ import build_parser, main  # noqa: E402
 
 STEPS = 200

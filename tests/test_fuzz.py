@@ -102,7 +102,7 @@ def _assert_close(actual, expected, layer):
     tol = tolerance(np.dtype(layer.compute_dtype))
     scale = max(1.0, float(np.max(np.abs(expected), initial=0.0)))
     np.testing.assert_allclose(np.asarray(actual, np.float64), expected,
-                               rtol=4 * tol["rtol"], atol=4 * tol["atol"] * scale)
+                               rtol=4 * tol.rtol, atol=4 * tol.atol * scale)
 
 
 @settings(max_examples=300, deadline=None,

@@ -1,4 +1,5 @@
-"""Importing numbabn is cheap: no kernel compiles until it is first used."""
+"""Importing numbabn is cheap: no kernel compiles until it is first used, and the command-line
+tools (``numbabn.tools``) are not imported."""
 import subprocess
 import sys
 import textwrap
@@ -6,8 +7,11 @@ import textwrap
 
 def test_import_compiles_nothing():
     code = textwrap.dedent("""
+        import sys
         import numba.core.registry
         import numbabn
+        tools = [name for name in sys.modules if name.startswith("numbabn.tools")]
+        assert tools == [], tools
         from numbabn.cpu import kernels
         from numba.core.dispatcher import Dispatcher
         compiled = [name for name, f in vars(kernels).items()

@@ -1,4 +1,4 @@
-"""Tests for ``python -m numbabn selftest`` (numbabn/selftest.py).
+"""Tests for ``python -m numbabn selftest`` (numbabn/tools/selftest.py).
 
 Without a GPU the suite runs on Numba's CUDA simulator (tests/conftest.py), where the command
 verifies its tiny ``--quick`` cases; the command runs once in full, the other tests on one case.
@@ -16,9 +16,9 @@ import types
 import numpy as np
 import pytest
 
-from numbabn import selftest
+from numbabn.tools import selftest
 from numbabn.__main__ import main
-from numbabn.bench import Case
+from numbabn.tools.shapes import Case
 
 ONE_CHECK = (selftest.Check("NC", (12, 10)),)
 

@@ -16,14 +16,14 @@ import pytest
 
 from conftest import threading_layer_env
 
-from numbabn import loopbench
+from numbabn.tools import loopbench
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 GUARD = 2.0
 
 PAIRS = """
 import json, numba
-from numbabn.loopbench import time_pairs
+from numbabn.tools.loopbench import time_pairs
 rows = time_pairs()
 print(json.dumps({"layer": numba.threading_layer(), "rows": rows}))
 """

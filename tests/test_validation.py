@@ -231,6 +231,7 @@ def test_fused_numpy_false_means_not_fused():
     expected(x, training=True)
     layer = BatchNormalization(fused=np.False_, momentum=0.0)
     layer(x, training=True)
+    # the same computation both ways: tighter than the float32 TOLERANCE row
     np.testing.assert_allclose(layer.moving_variance.numpy(), expected.moving_variance.numpy(),
                                rtol=1e-6)
 
@@ -661,6 +662,7 @@ def test_integer_input_is_cast(dtype):
         y = layer(x, training=True)
         y_ref = reference(x.astype(out), training=True)
         assert y.dtype == out
+        # the same values cast first or inside the layer: tighter than the float32 row
         np.testing.assert_allclose(y, y_ref, rtol=1e-6)
         np.testing.assert_allclose(layer.moving_mean.numpy(), reference.moving_mean.numpy())
         assert layer.backward(np.ones((8, 3), dtype)).dtype == out

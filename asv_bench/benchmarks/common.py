@@ -1,25 +1,18 @@
 """Shared shapes, the seeding helper and small utilities for the numbabn benchmarks."""
-import statistics
 import sys
-import time
-from collections import namedtuple
 
 import numpy as np
+
+from numbabn.tools.shapes import CASES, LARGE_CASES
 
 from . import CHECKOUT
 
 SEED = 1234
 DTYPE = np.float32
 
-Case = namedtuple("Case", ["shape", "axis"])
-
-# The shapes every benchmark is parametrized over (float32, so the large ones are 64 MB each).
-CASES = {
-    "NC": Case((65536, 256), -1),             # dense layer output, channels last
-    "NHWC": Case((32, 56, 56, 128), -1),      # conv feature map, channels last
-    "NCHW": Case((32, 128, 56, 56), 1),       # conv feature map, channels first
-    "small": Case((256, 64), -1),             # 64 KB: mostly call overhead
-}
+# The shapes every benchmark is parametrized over are those of ``python -m numbabn bench``
+# (numbabn.tools.shapes: float32, the large ones 64 MB each, ``small`` 64 KB).
+LARGE = [case.name for case in LARGE_CASES]
 # The cases that also run the renorm and ghost-batch paths.
 PATH_CASES = ["NC", "NHWC"]
 VIRTUAL_BATCH_SIZE = 8
@@ -44,23 +37,7 @@ def make_input(case, stream=0):
 
 def per_feature(case, value):
     """A float32 per-feature vector (``gamma``, ``beta``, statistics) filled with ``value``."""
-    shape, axis = CASES[case]
-    return np.full(shape[axis], value, dtype=DTYPE)
-
-
-def seconds_per_call(func, min_time=0.25, min_calls=5):
-    """Median wall time of one call of ``func``, over calls made for at least ``min_time`` s.
-
-    For ``track_`` benchmarks, which report a derived number (GB/s) rather than asv's own timing;
-    the median ignores the occasional call delayed by another process.
-    """
-    times = []
-    start = time.perf_counter()
-    while len(times) < min_calls or time.perf_counter() - start < min_time:
-        t0 = time.perf_counter()
-        func()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+    return np.full(CASES[case].channels, value, dtype=DTYPE)
 
 
 def fresh_interpreter_setup():

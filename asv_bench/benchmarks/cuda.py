@@ -5,6 +5,8 @@ reports as a skipped benchmark. Each timed body ends with a stream synchronizati
 asv would time the launch, not the work.
 """
 import numbabn
+from numbabn.tools.timing import CudaEventClock, median_seconds
+from numbabn.tools.traffic import gb_per_s
 
 from .common import CASES, make_input
 
@@ -37,15 +39,7 @@ class _CudaCase:
 
     def seconds(self, repeats=20):
         """Median device time of ``run`` between CUDA events."""
-        start, stop = self.cupy.cuda.Event(), self.cupy.cuda.Event()
-        times = []
-        for _ in range(repeats):
-            start.record()
-            self.run()
-            stop.record()
-            stop.synchronize()
-            times.append(self.cupy.cuda.get_elapsed_time(start, stop) / 1e3)
-        return sorted(times)[len(times) // 2]
+        return median_seconds(self.run, repeats, clock=CudaEventClock(self.cupy))
 
 
 class CudaTrainingForward(_CudaCase):
@@ -60,7 +54,7 @@ class CudaTrainingForward(_CudaCase):
 
     def track_bandwidth(self, case):
         # the least traffic: one read of x (statistics), then read x and write y
-        return round(3 * self.x.nbytes / self.seconds() / 1e9, 1)
+        return round(gb_per_s("train", self.x.nbytes, self.seconds()), 1)
 
     track_bandwidth.unit = "GB/s"
 
@@ -76,7 +70,7 @@ class CudaInferenceForward(_CudaCase):
         self.sync()
 
     def track_bandwidth(self, case):
-        return round(2 * self.x.nbytes / self.seconds() / 1e9, 1)
+        return round(gb_per_s("infer", self.x.nbytes, self.seconds()), 1)
 
     track_bandwidth.unit = "GB/s"
 
@@ -93,7 +87,7 @@ class CudaStep(_CudaCase):
         self.sync()
 
     def track_bandwidth(self, case):
-        # two copies and four reads of an input-sized array (see numbabn/bench.py)
-        return round(8 * self.x.nbytes / self.seconds() / 1e9, 1)
+        # two copies and four reads of an input-sized array (numbabn.tools.traffic)
+        return round(gb_per_s("step", self.x.nbytes, self.seconds()), 1)
 
     track_bandwidth.unit = "GB/s"

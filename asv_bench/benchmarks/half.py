@@ -8,7 +8,7 @@ import numpy as np
 
 import numbabn
 
-from .common import CASES, make_input
+from .common import CASES, LARGE, make_input
 
 # layer dtype policy per input dtype: half input, float32 weights and arithmetic
 POLICIES = {"float32": "float32", "float16": "mixed_float16", "bfloat16": "mixed_bfloat16"}
@@ -25,7 +25,7 @@ def half_dtype(name):
 
 
 class _HalfCase:
-    params = [["NC", "NHWC", "NCHW"], list(POLICIES)]
+    params = [LARGE, list(POLICIES)]
     param_names = ["case", "dtype"]
 
     def setup(self, case, dtype):

@@ -1,18 +1,18 @@
 """Batch norm inside training loops: whole NumPy training steps, and a layer step between matmuls.
 
-``TrainingStep`` times one SGD step of the networks in ``numbabn.nets`` (forward, loss, backward,
-update) with numbabn's batch norm and, as the baseline a NumPy user has otherwise, a plain NumPy
-batch norm; ``track_bn_share`` is the fraction of the step spent inside batch norm.
+``TrainingStep`` times one SGD step of the networks in ``numbabn.tools.nets`` (forward, loss,
+backward, update) with numbabn's batch norm and, as the baseline a NumPy user has otherwise, a
+plain NumPy batch norm; ``track_bn_share`` is the fraction of the step spent inside batch norm.
 ``Interleaved`` times a layer training step followed by a NumPy matmul, the pattern in which two
 thread pools (Numba's and OpenBLAS's) meet; ``track_interference`` is that pair's time over the
 two timed apart (1.0: no interference). ``python -m numbabn loop`` adds PyTorch eager.
 """
-import time
-
 import numpy as np
 
 import numbabn
-from numbabn import loopbench, nets
+from numbabn.tools import loopbench, nets
+from numbabn.tools.shapes import PAIR_MATMUL, PAIR_SHAPES
+from numbabn.tools.timing import sample
 
 from .common import rng
 
@@ -38,18 +38,16 @@ class TrainingStep:
     def track_bn_share(self, network, norm):
         steps = 10
         self.net.timer.reset()
-        start = time.perf_counter()
-        for _ in range(steps):
-            self.net.step(self.x, self.labels)
-        return round(self.net.timer.seconds / (time.perf_counter() - start), 3)
+        per_step = sample(lambda: self.net.step(self.x, self.labels), inner=steps)
+        return round(self.net.timer.seconds / (steps * per_step), 3)
 
     track_bn_share.unit = "fraction"
 
 
 class Interleaved:
-    params = [["32x16x16x64", "64x8x8x32"]]
+    params = [["x".join(map(str, shape)) for shape in PAIR_SHAPES]]
     param_names = ["shape"]
-    MATMUL = 256
+    MATMUL = PAIR_MATMUL
 
     def setup(self, shape):
         dims = tuple(int(d) for d in shape.split("x"))

@@ -21,8 +21,9 @@ simulator_fix.install()
 from numba import cuda  # noqa: E402
 
 from numbabn import functional as F  # noqa: E402
-from numbabn import selftest  # noqa: E402
 from numbabn.cuda import kernels as K  # noqa: E402
+from numbabn.tools import selftest  # noqa: E402
+from numbabn.tools.tolerances import tolerance  # noqa: E402
 
 assert K.SIMULATOR and not K.SMALL_TILES and (K.TX, K.TY, K.T) == (32, 8, 256)
 
@@ -37,6 +38,7 @@ CASES = (
 results = [selftest.run_check(check) for check in CASES]
 failures = [r.line() for r in results if not r.ok]
 
+rtol, atol = tolerance(np.float32)
 rng = np.random.default_rng(0)
 x = rng.normal(size=(6, 5, 40)).astype(np.float32)
 mask = rng.random((6, 5)) > 0.3
@@ -44,7 +46,7 @@ x[:, :, 3] = np.inf                                 # an infinite mean: the NaN-
 with np.errstate(invalid="ignore"):
     want, want_cache = F.batch_norm_train(x, mask=mask)
     got, got_cache = F.batch_norm_train(cuda.to_device(x), mask=cuda.to_device(mask))
-    ok = np.allclose(got.copy_to_host(), want, rtol=2e-5, atol=2e-5, equal_nan=True)
+    ok = np.allclose(got.copy_to_host(), want, rtol=rtol, atol=atol, equal_nan=True)
     ok &= np.allclose(got_cache.mean.copy_to_host(), want_cache.mean, equal_nan=True)
 if not ok:
     failures.append("masked rows with an infinite feature differ")
@@ -55,7 +57,7 @@ got, got_cache = F.batch_norm_train(cuda.to_device(planes), axis=1, mask=cuda.to
 dy = rng.normal(size=planes.shape).astype(np.float32)
 want_dx = F.batch_norm_backward(dy, want_cache)[0]
 got_dx = F.batch_norm_backward(cuda.to_device(dy), got_cache)[0].copy_to_host()
-if not (np.allclose(got.copy_to_host(), want, rtol=2e-5, atol=2e-5)
-        and np.allclose(got_dx, want_dx, rtol=2e-5, atol=2e-5)):
+if not (np.allclose(got.copy_to_host(), want, rtol=rtol, atol=atol)
+        and np.allclose(got_dx, want_dx, rtol=rtol, atol=atol)):
     failures.append("masked planes differ")
 print(json.dumps({"cases": len(CASES) + 2, "failures": failures}))

@@ -8,7 +8,8 @@
    arrays (the CPU engine) and the other with Numba device arrays (the CUDA engine) through the
    same training steps, ``y = layer(x, training=True)`` then ``dx = layer.backward(dy)``, and one
    inference call with its backward. Outputs, input gradients, ``layer.grads`` and every weight
-   are compared after each call, within :data:`TOLERANCE` (per result dtype). A gradient sum over
+   are compared after each call, within :data:`TOLERANCE` (per result dtype, the table of
+   :mod:`numbabn.tools.tolerances` that the test suite uses too). A gradient sum over
    ``n`` values gets ``sqrt(n)`` times the absolute tolerance: both engines accumulate in float64,
    so their sums differ by the rounding of the float32 terms, which adds up like a random walk.
    One line per case; the exit status is 1 if any case fails.
@@ -20,16 +21,17 @@
    (``cupy.cudnn.batch_normalization_forward_training``, ``..._forward_inference`` and
    ``batch_normalization_backward``). Every case is also timed against a device-to-device copy of
    an array of the input's size, measured in the same run. Cells report the median time, the
-   bandwidth the op must use (bytes moved at least, as in ``bench``: train = 1 read + 1 copy of
-   the input, infer = 1 copy, step = 2 copies + 4 reads, divided by the time) and that bandwidth
-   as a percentage of the measured copy bandwidth. Before timing, cuDNN's outputs are compared
-   with numbabn's, so that the table only compares implementations that compute the same thing.
+   bandwidth the op must use (bytes moved at least, :mod:`numbabn.tools.traffic`: train = 1 copy
+   + 1 read of the input, infer = 1 copy, step = 2 copies + 4 reads, divided by the time) and that
+   bandwidth as a percentage of the measured copy bandwidth. Before timing, cuDNN's outputs are
+   compared with numbabn's, so that the table only compares implementations that compute the same
+   thing.
 
 Timing: every callable is warmed up (its kernels compiled) first; a sample is ``INNER`` calls in a
 row between two CUDA events on CuPy's current stream, their mean, so that the host's work for one
 call overlaps the device's work for the previous one, as in a training loop; each cell is the
-median of its samples. numbabn queues its kernels on the input's stream (CuPy's, the legacy
-default stream unless CuPy is told otherwise), which the events see.
+median of its samples (:mod:`numbabn.tools.timing`). numbabn queues its kernels on the input's
+stream (CuPy's, the legacy default stream unless CuPy is told otherwise), which the events see.
 
 Without a CUDA device the command says so and returns 2. Under Numba's CUDA simulator
 (``NUMBA_ENABLE_CUDASIM=1``), which runs every CUDA thread as a Python thread, the verification
@@ -42,7 +44,6 @@ parser); CuPy is imported when the benchmark runs.
 import argparse
 import contextlib
 import dataclasses
-import statistics
 import sys
 import threading
 import warnings
@@ -50,22 +51,19 @@ from typing import Dict, List, Optional
 
 import numpy as np
 
+from .._dispatch import device_of
+from ..layer import BatchNormalization
+from . import shapes, timing, tolerances, traffic
 from ._cli import positive_int
-from ._dispatch import device_of
-from .bench import (EPSILON, MOMENTUM, OP_TRAFFIC, OPS, Case, format_table, layer_ops,
-                    make_data)
-from .layer import BatchNormalization
+from .bench import EPSILON, MOMENTUM, format_table, layer_ops, make_data
+from .shapes import Case
+from .traffic import COPY_PASSES, OPS
 
 # ------------------------------------------------------------------------------------------------
 # verification
 
-# (rtol, atol) per dtype of the compared result. float16 results (the input gradient of float16
-# input) are the float32 result rounded: one float16 ulp is about 1e-3 relative.
-TOLERANCE = {
-    np.dtype(np.float16): (2e-3, 2e-3),
-    np.dtype(np.float32): (2e-5, 2e-5),
-    np.dtype(np.float64): (1e-10, 1e-10),
-}
+# (rtol, atol) per dtype of the compared result: the test suite's table.
+TOLERANCE = tolerances.TOLERANCE
 TRAIN_STEPS = 3
 # Moving statistics move visibly within TRAIN_STEPS steps (the default 0.99 would hide them).
 CHECK_MOMENTUM = 0.9
@@ -187,7 +185,7 @@ def compare(label, got, want, scale=1.0, on_device=True):
     if got.shape != want.shape or got.dtype != want.dtype:
         return Comparison(label, float("inf"), float("inf"), False,
                           f"{got.dtype}{got.shape}, expected {want.dtype}{want.shape}")
-    rtol, atol = TOLERANCE[want.dtype]
+    rtol, atol = TOLERANCE[tolerances.key(want.dtype)]
     want64 = want.astype(np.float64)
     diff = np.abs(got.astype(np.float64) - want64)
     diff = np.where(np.isnan(diff), np.inf, diff)          # NaN never passes
@@ -334,16 +332,9 @@ def verify(checks, out):
 # ------------------------------------------------------------------------------------------------
 # benchmark
 
-BENCH_CASES = (
-    Case("NC", (65536, 256), -1),
-    Case("NHWC", (32, 56, 56, 128), -1),
-    Case("NCHW", (32, 128, 56, 56), 1),
-)
-QUICK_BENCH_CASES = (
-    Case("NC", (8192, 256), -1),
-    Case("NHWC", (8, 28, 28, 128), -1),
-    Case("NCHW", (8, 128, 28, 28), 1),
-)
+# the large shapes of ``python -m numbabn bench``, and the same layouts smaller for --quick
+BENCH_CASES = shapes.LARGE_CASES
+QUICK_BENCH_CASES = shapes.QUICK_CASES
 DEFAULT_REPEATS = 20
 QUICK_REPEATS = 5
 WARMUP = 3
@@ -375,27 +366,17 @@ def import_cupy():
 
 
 class EventTimer:
-    """Median seconds per call of a callable, from CUDA events on CuPy's current stream."""
+    """Median seconds per call of a callable, from CUDA events on CuPy's current stream (see
+    :mod:`numbabn.tools.timing`)."""
 
     def __init__(self, cp, repeats, inner=INNER, warmup=WARMUP):
-        self.cp, self.repeats, self.inner, self.warmup = cp, repeats, inner, warmup
-        self.stream = cp.cuda.get_current_stream()
+        self.repeats, self.inner, self.warmup = repeats, inner, warmup
+        self.clock = timing.CudaEventClock(cp)
+        self.stream = self.clock.stream
 
     def __call__(self, fn):
-        cp = self.cp
-        for _ in range(self.warmup):
-            fn()
-        self.stream.synchronize()
-        start, end = cp.cuda.Event(), cp.cuda.Event()
-        samples = []
-        for _ in range(self.repeats):
-            start.record(self.stream)
-            for _ in range(self.inner):
-                fn()
-            end.record(self.stream)
-            end.synchronize()
-            samples.append(cp.cuda.get_elapsed_time(start, end) * 1e-3 / self.inner)
-        return statistics.median(samples)
+        return timing.median_seconds(fn, self.repeats, inner=self.inner, warmup=self.warmup,
+                                     clock=self.clock)
 
 
 def copy_bandwidth(cp, nbytes, timer):
@@ -412,7 +393,7 @@ def copy_bandwidth(cp, nbytes, timer):
                             runtime.memcpyDeviceToDevice, stream_ptr)
 
     times = {"memcpy": timer(memcpy), "kernel": timer(lambda: kernel(src, dst))}
-    return {k: 2 * src.nbytes / t for k, t in times.items()}
+    return {k: COPY_PASSES * src.nbytes / t for k, t in times.items()}
 
 
 class Cudnn:
@@ -578,7 +559,7 @@ def _cell(seconds, case, op, copy_bw):
     """(ms, GB/s, % of copy bandwidth) strings for one time."""
     if seconds is None:
         return "", "", ""
-    rate = OP_TRAFFIC[op] * case.nbytes / seconds
+    rate = traffic.bytes_moved(op, case.nbytes) / seconds
     return f"{seconds * 1e3:.3f}", f"{rate / 1e9:.0f}", f"{100 * rate / copy_bw:.0f}%"
 
 
@@ -614,9 +595,9 @@ def copy_rows(results):
             for res in results]
 
 
-BENCH_LEGEND = ("Medians. GB/s: bytes the op must move (train = 1 read + 1 copy of the input, "
-                "infer = 1 copy, step = 2 copies + 4 reads) ÷ time; % copy: of the measured "
-                "copy bandwidth (best of memcpy and a copy kernel, bytes read + written). "
+BENCH_LEGEND = (f"Medians. GB/s: bytes the op must move ({traffic.legend()}, of the input) "
+                "÷ time; % copy: of the measured copy bandwidth (best of memcpy and a copy "
+                "kernel, bytes read + written). "
                 "numbabn ÷ cuDNN: time ratio (above 1: numbabn is slower). max diff: max |cuDNN "
                 "- numbabn| ÷ max(1, max |numbabn|) of the op's output (dx for step).")
 
@@ -639,7 +620,7 @@ def device_description():
 def versions():
     from importlib import metadata
 
-    from . import __version__
+    from .. import __version__
     parts = [f"numbabn {__version__}"]
     for package in ("numba", "numba-cuda", "numpy"):
         try:

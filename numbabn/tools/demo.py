@@ -30,8 +30,8 @@ from typing import Optional
 
 import numpy as np
 
+from ..layer import BatchNormalization
 from ._cli import ProgressBar, positive_int
-from .layer import BatchNormalization
 
 TARGET_ACCURACY = 0.95
 HIDDEN_UNITS = 64

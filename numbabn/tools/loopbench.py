@@ -1,7 +1,7 @@
 """Batch norm where users run it: whole training steps of NumPy networks, against PyTorch eager.
 
 ``python -m numbabn loop`` times one training step (forward, softmax cross-entropy, backward,
-SGD update) of the networks in :mod:`numbabn.nets`:
+SGD update) of the networks in :mod:`numbabn.tools.nets`:
 
 * ``numbabn``: the NumPy network with numbabn's layer for every batch norm;
 * ``numpy``: the same network with a plain NumPy batch norm (what a NumPy user has otherwise);
@@ -14,9 +14,9 @@ SGD update) of the networks in :mod:`numbabn.nets`:
 All run on the same number of threads, in one process, round-robin: a sample is ``BLOCK``
 consecutive steps of one implementation (a loop, so every library's worker threads are in the
 state a training loop leaves them in), after an idle gap and one untimed step, then the next
-implementation's block. Each cell is the median over samples of the time per step; for the NumPy networks also the
-time spent inside batch normalization. Before timing, every implementation takes its first
-steps from the same weights and data, and their losses must agree.
+implementation's block. Each cell is the median over samples of the time per step; for the NumPy
+networks also the time spent inside batch normalization. Before timing, every implementation
+takes its first steps from the same weights and data, and their losses must agree.
 
 Two more sections:
 
@@ -36,9 +36,10 @@ import time
 
 import numpy as np
 
-from . import nets
+from . import nets, timing
 from ._cli import ProgressBar, positive_int
 from .bench import _name_list, _threading_layer, default_threads, format_table, numba_threads
+from .shapes import PAIR_MATMUL, PAIR_SHAPES
 
 BLOCK = 5
 ROUNDS = 8
@@ -50,8 +51,6 @@ QUICK_WARMUP = 60
 # Idle seconds before each block: every library's worker threads (OpenBLAS's, OpenMP's) spin for a
 # while after their last parallel region; without the pause they slow the next library's block.
 GAP = 0.3
-PAIR_SHAPES = ((32, 16, 16, 64), (64, 8, 8, 32))
-PAIR_MATMUL = 256
 PAIR_CALLS = 300
 PAIR_ROUNDS = 5
 PAIR_PAUSE = 0.3
@@ -281,10 +280,7 @@ def time_networks(names, impls, rounds, threads, progress=None, warmup=WARMUP):
                 net = bns.get(impl)
                 if net is not None:
                     net.timer.reset()
-                start = time.perf_counter()
-                for _ in range(BLOCK):
-                    steps[impl]()
-                per_step[impl].append((time.perf_counter() - start) / BLOCK)
+                per_step[impl].append(timing.sample(steps[impl], BLOCK))
                 if net is not None:
                     in_bn[impl].append(net.timer.seconds / BLOCK)
                 done += 1
@@ -303,7 +299,7 @@ def time_pairs(shapes=PAIR_SHAPES, calls=PAIR_CALLS, matmul=PAIR_MATMUL, rounds=
     timed apart: medians over ``rounds`` rounds of the three parts, ``calls`` calls each split
     evenly, with a pause before each part so that the other pool goes idle (the rounds alternate
     the parts, so a slow phase of the machine touches all three alike)."""
-    from .layer import BatchNormalization
+    from ..layer import BatchNormalization
     rng = np.random.default_rng(0)
     a = rng.standard_normal((matmul, matmul)).astype(np.float32)
     b = rng.standard_normal((matmul, matmul)).astype(np.float32)
@@ -332,9 +328,7 @@ def time_pairs(shapes=PAIR_SHAPES, calls=PAIR_CALLS, matmul=PAIR_MATMUL, rounds=
             for label, fn in parts.items():
                 time.sleep(PAIR_PAUSE)
                 for _ in range(max(1, calls // rounds)):
-                    start = time.perf_counter()
-                    fn()
-                    samples[label].append(time.perf_counter() - start)
+                    samples[label].append(timing.sample(fn))
         timed = {label: statistics.median(v) for label, v in samples.items()}
         rows.append({"shape": list(shape), "step_us": 1e6 * timed["step"],
                      "matmul_us": 1e6 * timed["matmul"], "pair_us": 1e6 * timed["pair"],
@@ -344,7 +338,7 @@ def time_pairs(shapes=PAIR_SHAPES, calls=PAIR_CALLS, matmul=PAIR_MATMUL, rounds=
 
 def tbb_environment():
     """Environment additions that let Numba load tbb from this Python's prefix, or None."""
-    from .cpu.threads import tbb_library_dir
+    from ..cpu.threads import tbb_library_dir
     lib = tbb_library_dir()
     if lib is None:
         return None
@@ -543,7 +537,7 @@ def run(args):
         if bar:
             bar.close()
     import numba
-    from . import __version__
+    from .. import __version__
     info = {"numbabn": __version__, "numpy": np.__version__, "threads": threads,
             "numba": numba.__version__, "threading_layer": _threading_layer()}
     for module in ("torch", "tensorflow"):

@@ -9,21 +9,12 @@
 
 Every case is timed against a roofline measured in the same run, on an array of the input's size
 and on the same number of threads: a parallel Numba copy into a preallocated array and a parallel
-Numba sum (read). Batch normalization cannot move less data than
-
-==========  =========================  ==================================================
-op          memory floor               why
-==========  =========================  ==================================================
-train       1 read + 1 copy of x       statistics read x; normalizing reads x, writes y
-infer       1 copy                     read x, write y
-step        2 copies + 4 reads         train, then the backward sums read x and dy, and
-                                       the input gradient reads x and dy and writes dx
-==========  =========================  ==================================================
-
-so an op's time divided by its floor says how far it is from the memory bound. A second floor
-uses a copy into a freshly allocated array, because a new 64 MB output is mapped afresh by the
-operating system and its pages are zeroed on first touch (every implementation here returns a new
-array).
+Numba sum (read). Batch normalization cannot move less data than the traffic model of
+:mod:`numbabn.tools.traffic` says (train: 1 copy + 1 read of x; infer: 1 copy; step: 2 copies +
+4 reads), so an op's time divided by its floor says how far it is from the memory bound. A
+second floor uses a copy into a freshly allocated array, because a new 64 MB output is mapped
+afresh by the operating system and its pages are zeroed on first touch (every implementation
+here returns a new array).
 
 The peers are timed as their users call them: ``torch.nn.functional.batch_norm`` (channels-last
 memory format for NHWC; autograd for ``step``, ``torch.no_grad()`` for ``infer``) and
@@ -34,7 +25,8 @@ with numbabn's, so the table only compares implementations that compute the same
 
 Timing: every callable is warmed up (compiled) first; then the rounds run every callable of a
 case once, round-robin, with a short idle gap before each sample so that one library's spinning
-worker threads do not slow the next; each cell is the median of its samples.
+worker threads do not slow the next; each cell is the median of its samples (each sample taken
+with :func:`numbabn.tools.timing.sample`).
 
 The module imports no optional package at import time (the command line imports it to build its
 parser); PyTorch, TensorFlow and matplotlib are imported when used and skipped with a note when
@@ -47,7 +39,6 @@ import datetime
 import json
 import os
 import platform
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -56,16 +47,16 @@ from typing import Callable, Dict, List, Optional
 
 import numpy as np
 
+from ..layer import BatchNormalization
+from . import timing, traffic
 from ._cli import ProgressBar, positive_int
-from .layer import BatchNormalization
+from .shapes import CASES, Case
+from .traffic import COPY_PASSES, OPS, READ_PASSES
 
 INSTALL_HINT = 'pip install "numbabn[bench]"'
 MOMENTUM = 0.99
 EPSILON = 1e-3
 GHOST_BATCH = 8
-OPS = ("train", "infer", "step")
-# Bytes an op must move, in units of the input's size: reads + writes (see the module docstring).
-OP_TRAFFIC = {"train": 3, "infer": 2, "step": 8}
 DEFAULT_REPS = 15
 SMALL_REPS = 150
 QUICK_REPS = 5
@@ -91,46 +82,6 @@ on the same number of threads. Also measures the start-up cost (import + first t
 with a warm and a cold kernel cache. Run it on an otherwise idle machine.
 PyTorch, TensorFlow and matplotlib: pip install "numbabn[bench]".
 """
-
-
-@dataclasses.dataclass(frozen=True)
-class Case:
-    """An input shape and its feature axis; ``small`` cases measure call overhead (in µs)."""
-    name: str
-    shape: tuple
-    axis: int
-    small: bool = False
-
-    @property
-    def layout(self):
-        """``"NC"``, ``"NHWC"`` (features last), ``"NCHW"`` (features after the batch) or
-        ``"other"``."""
-        ndim = len(self.shape)
-        axis = self.axis % ndim
-        if ndim == 2 and axis == 1:
-            return "NC"
-        if ndim > 2 and axis in (1, ndim - 1):
-            return "NHWC" if axis == ndim - 1 else "NCHW"
-        return "other"
-
-    @property
-    def channels(self):
-        return self.shape[self.axis]
-
-    @property
-    def nbytes(self):
-        return int(np.prod(self.shape)) * 4
-
-    def label(self):
-        return f"{self.name} {'x'.join(map(str, self.shape))}"
-
-
-CASES = {
-    "NC": Case("NC", (65536, 256), -1),
-    "NHWC": Case("NHWC", (32, 56, 56, 128), -1),
-    "NCHW": Case("NCHW", (32, 128, 56, 56), 1),
-    "small": Case("small", (256, 64), -1, small=True),
-}
 
 
 @dataclasses.dataclass
@@ -197,7 +148,7 @@ class Numbabn(Implementation):
         self.only_numbabn = bool(layer_kwargs)
 
     def version(self):
-        from . import __version__
+        from .. import __version__
         return __version__
 
     def setup(self, case, data):
@@ -583,10 +534,7 @@ def floors(roof):
     """
     copy = min(roof["copy flat"], roof["copy blocks"])
     read = min(roof["read flat"], roof["read blocks"])
-    alloc = roof["alloc+copy"]
-    floor = {"train": read + copy, "infer": copy, "step": 2 * copy + 4 * read}
-    floor_alloc = {"train": read + alloc, "infer": alloc, "step": 2 * alloc + 4 * read}
-    return floor, floor_alloc
+    return traffic.floors(copy, read), traffic.floors(roof["alloc+copy"], read)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -606,17 +554,12 @@ def time_tasks(tasks, reps, gap, progress=None, done=0, label=""):
     Returns ``({key: [seconds per call, ...]}, done)``.
     """
     samples = {t.key: [] for t in tasks}
-    clock = time.perf_counter
     for rep in range(reps):
         shift = rep % len(tasks)
         for task in tasks[shift:] + tasks[:shift]:
             if gap:
                 time.sleep(gap)
-            fn, inner = task.fn, task.inner
-            start = clock()
-            for _ in range(inner):
-                fn()
-            samples[task.key].append((clock() - start) / inner)
+            samples[task.key].append(timing.sample(task.fn, task.inner))
         done += 1
         if progress is not None:
             progress.update(done, label)
@@ -653,18 +596,6 @@ class OtherLoad:
             return None
         other = (end[0] - self.start[0]) - (end[1] - self.start[1])
         return max(other, 0.0) / (end[2] - self.start[2])
-
-
-def summarize(values):
-    """Median, relative interquartile range, and the samples in the order they were taken."""
-    ordered = sorted(values)
-    median = statistics.median(ordered)
-    if len(ordered) >= 4:
-        q = statistics.quantiles(ordered, n=4)
-        spread = (q[2] - q[0]) / median if median > 0 else 0.0
-    else:
-        spread = (ordered[-1] - ordered[0]) / median if median > 0 else 0.0
-    return {"median": median, "spread": spread, "samples": list(values)}
 
 
 # ------------------------------------------------------------------------------------------------
@@ -757,7 +688,7 @@ def run_case(case, impls, options, progress=None, done=0):
             task.fn()
     reps = options.small_reps if case.small else options.reps
     samples, done = time_tasks(tasks, reps, options.gap, progress, done, case.name)
-    summary = {k: summarize(v) for k, v in samples.items()}
+    summary = {k: timing.summarize(v) for k, v in samples.items()}
     roof = {name: summary[f"roofline:{name}"] for name in ROOFLINE}
     floor, floor_alloc = floors({k: v["median"] for k, v in roof.items()})
     cells = {op: {key: summary[f"{key}:{op}"] for key in funcs if f"{key}:{op}" in summary}
@@ -769,18 +700,19 @@ def run_case(case, impls, options, progress=None, done=0):
 # ------------------------------------------------------------------------------------------------
 # start-up: import + first training step in a fresh interpreter
 
-STARTUP_SCRIPT = """\
+STARTUP_SHAPE = CASES["small"].shape
+STARTUP_SCRIPT = f"""\
 import json, time
 t0 = time.perf_counter()
 import numpy as np
 import numbabn
 t1 = time.perf_counter()
-x = np.random.default_rng(0).normal(size=(256, 64)).astype(np.float32)
+x = np.random.default_rng(0).normal(size={STARTUP_SHAPE}).astype(np.float32)
 layer = numbabn.BatchNormalization()
 y = layer(x, training=True)
 dx = layer.backward(np.ones_like(y))
 t2 = time.perf_counter()
-print(json.dumps({"import": t1 - t0, "first_step": t2 - t1}))
+print(json.dumps({{"import": t1 - t0, "first_step": t2 - t1}}))
 """
 
 
@@ -909,7 +841,7 @@ def result_rows(results, impls):
                 rows.append({
                     "case": case.label(), "op": op, "impl": labels[key], "key": key,
                     "time": _fmt_time(t, case.small) + (" ~" if noisy else ""),
-                    "GB/s": f"{OP_TRAFFIC[op] * case.nbytes / t / 1e9:.1f}",
+                    "GB/s": f"{traffic.gb_per_s(op, case.nbytes, t):.1f}",
                     "x floor": _fmt_ratio(t / res.floor[op]),
                     "x floor+alloc": _fmt_ratio(t / res.floor_alloc[op]),
                     "x best peer": _fmt_ratio(None if best_peer is None or key in only
@@ -932,15 +864,15 @@ def roofline_rows(results):
         case, roof = res.case, res.roofline
         size = case.nbytes
 
-        def gbs(name, traffic):
-            return f"{traffic * size / roof[name]['median'] / 1e9:.1f}"
+        def gbs(name, passes):
+            return f"{passes * size / roof[name]['median'] / 1e9:.1f}"
 
         rows.append({
             "case": case.label(), "MB": f"{size / 1e6:.2f}",
             "other": "?" if res.other_load is None else f"{res.other_load:.2f}",
-            "read": f"{gbs('read flat', 1)} / {gbs('read blocks', 1)}",
-            "copy": f"{gbs('copy flat', 2)} / {gbs('copy blocks', 2)}",
-            "alloc+copy": gbs("alloc+copy", 2), "np.copy": gbs("np.copy", 2),
+            "read": f"{gbs('read flat', READ_PASSES)} / {gbs('read blocks', READ_PASSES)}",
+            "copy": f"{gbs('copy flat', COPY_PASSES)} / {gbs('copy blocks', COPY_PASSES)}",
+            "alloc+copy": gbs("alloc+copy", COPY_PASSES), "np.copy": gbs("np.copy", COPY_PASSES),
             "floor": " / ".join(_fmt_time(res.floor[op], case.small) for op in res.floor),
             "floor+alloc": " / ".join(_fmt_time(res.floor_alloc[op], case.small)
                                       for op in res.floor_alloc),
@@ -1049,7 +981,8 @@ def startup_text(startup):
     for kind in ("warm", "cold"):
         s = startup[kind]
         lines.append(f"{kind} cache: process {s['process']:.2f} s = `import numbabn` "
-                     f"{s['import']:.2f} s + first training step (256x64, forward + backward) "
+                     f"{s['import']:.2f} s + first training step "
+                     f"({'x'.join(map(str, STARTUP_SHAPE))}, forward + backward) "
                      f"{s['first_step']:.2f} s + interpreter start-up")
     return lines
 
@@ -1059,8 +992,8 @@ def write_markdown(path, info, results, impls, startup, notes, ops):
     lines += ["| | |", "| --- | --- |"] + [f"| {k} | {v} |" for k, v in info.items()]
     lines += ["", "## Memory roofline (measured in the same run)", "",
               "Parallel Numba kernels on the bench's threads, on an array of the input's size. "
-              "Copy bandwidth counts bytes read + written. Floors: train = read + copy, infer = "
-              "copy, step = 2 copies + 4 reads (best of the flat and blocked kernels); "
+              f"Copy bandwidth counts bytes read + written. Floors: {traffic.legend()} (best "
+              "of the flat and blocked kernels); "
               "floor+alloc copies into a freshly allocated array instead. Other load: cores "
               "that other processes kept busy while the case ran (0 on an idle machine).", "",
               format_table(roofline_rows(results), ROOF_COLUMNS, roof_headers(ops), True)]
@@ -1070,9 +1003,10 @@ def write_markdown(path, info, results, impls, startup, notes, ops):
               format_table(summary_rows(results, impls), ("case", "op") + tuple(
                   i.key for i in impls), ("case", "op") + tuple(i.label for i in impls), True)]
     lines += ["", "## Results", "",
-              "Medians. GB/s = bytes the op must move (train 3, infer 2, step 8 times the input) "
-              "÷ time. × best peer: ÷ the faster of PyTorch and TensorFlow. `~`: noisy "
-              f"(interquartile range > {NOISY:.0%} of the median).", "",
+              "Medians. GB/s = bytes the op must move ("
+              + ", ".join(f"{op} {traffic.TRAFFIC[op].passes}" for op in OPS)
+              + " times the input) ÷ time. × best peer: ÷ the faster of PyTorch and TensorFlow. "
+              f"`~`: noisy (interquartile range > {NOISY:.0%} of the median).", "",
               format_table(result_rows(results, impls), ROW_COLUMNS, ROW_HEADERS, True)]
     agreement = agreement_rows(results, impls)
     if agreement:

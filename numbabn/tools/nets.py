@@ -43,7 +43,7 @@ class Norm:
     def __init__(self, impl, channels, axis, ndim, timer):
         self.timer = timer
         if impl == "numbabn":
-            from .layer import BatchNormalization
+            from ..layer import BatchNormalization
             self.layer = BatchNormalization(axis=axis, momentum=MOMENTUM, epsilon=EPSILON)
             self.layer.build((1,) * axis + (channels,) + (1,) * (ndim - axis - 1))
             self.params = [self.layer.gamma.value, self.layer.beta.value]
