@@ -12,9 +12,10 @@ import numpy as np
 
 from . import _dispatch, _interrupts, _validate
 from . import functional as F
-from . import keras_compat as kc
 from ._buffers import OutputPool
 from ._layout import Layout
+from .keras import identifiers as kc
+from .keras import interchange
 from .variable import Variable
 
 __all__ = ["BatchNormalization"]
@@ -671,7 +672,7 @@ class BatchNormalization:
         ------
         TypeError
             A regularizer that is a plain callable without a ``gradient(w)`` method (the
-            regularizers of ``numbabn.keras_compat`` all have one).
+            regularizers of ``numbabn.keras.identifiers`` all have one).
 
         Examples
         --------
@@ -1228,8 +1229,7 @@ class BatchNormalization:
         >>> layer.momentum                                              # doctest: +SKIP
         0.9
         """
-        from . import persistence
-        return persistence.from_keras(keras_layer, cls)
+        return interchange.from_keras(keras_layer, cls)
 
     def to_keras(self):
         """Make a ``tf.compat.v1.keras.layers.BatchNormalization`` with this layer's state.
@@ -1260,8 +1260,7 @@ class BatchNormalization:
         >>> len(layer.get_weights())
         4
         """
-        from . import persistence
-        return persistence.to_keras(self)
+        return interchange.to_keras(self)
 
     def fold(self, kernel, bias=None, axis=-1):
         """Fold this layer's inference transform into the preceding Dense or Conv layer.
