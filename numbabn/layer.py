@@ -10,7 +10,7 @@ import threading
 
 import numpy as np
 
-from . import _dispatch, _interrupts, _validate
+from . import _dispatch, _interrupts, _validate, persistence
 from . import functional as F
 from ._buffers import OutputPool
 from ._layout import Layout
@@ -18,7 +18,7 @@ from .keras import identifiers as kc
 from .keras import interchange
 from .variable import Variable
 
-__all__ = ["BatchNormalization"]
+__all__ = ["BatchNormalization", "load"]
 
 _CLIPPING_KEYS = ("rmax", "rmin", "dmax")
 # Keyword arguments every Keras layer accepts; numbabn records them and needs no more.
@@ -1199,7 +1199,6 @@ class BatchNormalization:
         >>> bool(np.array_equal(again.moving_mean.value, layer.moving_mean.value))
         True
         """
-        from . import persistence
         return persistence.save(self, path)
 
     @classmethod
@@ -1346,3 +1345,43 @@ class BatchNormalization:
     def __repr__(self):
         state = "built" if self.built else "not built"
         return f"<BatchNormalization name={self.name!r} axis={self.axis!r} ({state})>"
+
+
+def load(path):
+    """Load a layer saved by :meth:`BatchNormalization.save`, built and with its weights.
+
+    The file is read without unpickling anything, so loading cannot run code from it.
+
+    Parameters
+    ----------
+    path : str or path-like
+        The file.
+
+    Returns
+    -------
+    BatchNormalization
+        The saved configuration, built for the saved input shape with the saved weights (an
+        unbuilt layer if it was saved unbuilt).
+
+    Raises
+    ------
+    FileNotFoundError
+        No such file.
+    ValueError
+        The file is not a numbabn layer file, is corrupt, or its weights do not fit its
+        configuration; the message says which.
+
+    Examples
+    --------
+    >>> import os, tempfile
+    >>> import numpy as np
+    >>> import numbabn
+    >>> layer = numbabn.BatchNormalization(axis=1, momentum=0.0)
+    >>> x = np.random.default_rng(0).normal(3.0, 1.0, size=(4, 2, 3, 3))
+    >>> _ = layer(x, training=True)
+    >>> with tempfile.TemporaryDirectory() as tmp:
+    ...     loaded = numbabn.load(layer.save(os.path.join(tmp, "bn.npz")))
+    >>> loaded.built, loaded.axis, bool(np.array_equal(loaded(x), layer(x)))
+    (True, [1], True)
+    """
+    return persistence.load(path, BatchNormalization)

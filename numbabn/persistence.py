@@ -91,48 +91,12 @@ def _input_spec(layer):
     return {"ndim": ndim, "dims": {str(a): d for a, d in dims.items()}}
 
 
-def load(path, cls=None):
-    """Load a layer saved by :meth:`BatchNormalization.save`, built and with its weights.
+def load(path, cls):
+    """Read the ``cls`` layer saved at ``path``; see :func:`numbabn.load`.
 
-    The file is read without unpickling anything, so loading cannot run code from it.
-
-    Parameters
-    ----------
-    path : str or path-like
-        The file.
-    cls : type, optional
-        The layer class to make (:class:`BatchNormalization` by default); the file must hold
-        a layer of that class.
-
-    Returns
-    -------
-    BatchNormalization
-        The saved configuration, built for the saved input shape with the saved weights (an
-        unbuilt layer if it was saved unbuilt).
-
-    Raises
-    ------
-    FileNotFoundError
-        No such file.
-    ValueError
-        The file is not a numbabn layer file, is corrupt, or its weights do not fit its
-        configuration; the message says which.
-
-    Examples
-    --------
-    >>> import os, tempfile
-    >>> import numpy as np
-    >>> import numbabn
-    >>> layer = numbabn.BatchNormalization(axis=1, momentum=0.0)
-    >>> x = np.random.default_rng(0).normal(3.0, 1.0, size=(4, 2, 3, 3))
-    >>> _ = layer(x, training=True)
-    >>> with tempfile.TemporaryDirectory() as tmp:
-    ...     loaded = numbabn.load(layer.save(os.path.join(tmp, "bn.npz")))
-    >>> loaded.built, loaded.axis, bool(np.array_equal(loaded(x), layer(x)))
-    (True, [1], True)
+    ``cls`` is the layer class (passed in, so that this module does not import the layer); the
+    file must hold a layer of that class.
     """
-    if cls is None:
-        from .layer import BatchNormalization as cls
     path = os.fspath(path)
     with _Reader(path) as reader:
         return _load(reader, path, cls)
