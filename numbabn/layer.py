@@ -10,7 +10,7 @@ import threading
 
 import numpy as np
 
-from . import _dispatch, _interrupts, _validate, persistence
+from . import _dispatch, _interrupts, _validate, folding, persistence
 from . import functional as F
 from ._buffers import OutputPool
 from ._layout import Layout
@@ -1312,35 +1312,16 @@ class BatchNormalization:
         if not self.built:
             raise RuntimeError(f"Layer {self.name!r} has no moving statistics yet: call it or "
                                "build() before fold()")
-        channels = int(np.prod(self._param_shape))
         if len(self._axes) != 1:
             raise ValueError(f"fold() needs a layer with one feature axis. Received: layer "
                              f"{self.name!r} with axis={self.axis!r}")
-        kernel = _validate.as_real_array(kernel, "kernel", None)
-        axis = _validate.resolve_axes(axis, kernel.ndim, "axis")[0]
-        if kernel.shape[axis] != channels:
-            raise ValueError(f"The kernel's axis {axis} must have one entry per feature "
-                             f"({channels}). Received: kernel with shape {kernel.shape}")
-        dtype = kernel.dtype if kernel.dtype.kind == "f" else np.dtype(np.float32)
-        if bias is not None:
-            bias = _validate.as_real_array(bias, "bias")
-            if bias.size != channels:
-                raise ValueError(f"`bias` must have one value per feature ({channels}). "
-                                 f"Received: bias with shape {bias.shape}")
-            bias = bias.reshape(-1)
 
-        def weight(key, default):
+        def weight(key):
             var = self._variables.get(key)
-            return np.full(channels, default) if var is None else (
-                var.value.reshape(-1).astype(np.float64))
-        scale = weight("gamma", 1.0) / np.sqrt(weight("moving_variance", 1.0) + self.epsilon)
-        shape = [1] * kernel.ndim
-        shape[axis] = channels
-        new_kernel = (kernel.astype(np.float64) * scale.reshape(shape)).astype(dtype)
-        offset = np.zeros(channels) if bias is None else bias
-        new_bias = ((offset - weight("moving_mean", 0.0)) * scale
-                    + weight("beta", 0.0)).astype(dtype)
-        return new_kernel, new_bias
+            return None if var is None else var.value
+        return folding.fold(kernel, bias, mean=weight("moving_mean"),
+                            variance=weight("moving_variance"), gamma=weight("gamma"),
+                            beta=weight("beta"), epsilon=self.epsilon, axis=axis)
 
     def __repr__(self):
         state = "built" if self.built else "not built"
