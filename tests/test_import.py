@@ -1,4 +1,7 @@
-"""Importing numbabn is cheap: no kernel compiles until it is first used."""
+"""Importing numbabn is cheap: no kernel compiles until it is first used, and the first step
+imports nothing beyond what Numba's own first kernel load does."""
+import ast
+import pathlib
 import subprocess
 import sys
 import textwrap
@@ -22,10 +25,46 @@ def test_import_compiles_nothing():
     assert out.stdout.strip() == "ok"
 
 
+def _modules_after(code):
+    """The names in ``sys.modules`` of a fresh interpreter that ran ``code``."""
+    code += "\nimport sys\nprint(*sorted(sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    return set(out.stdout.split())
+
+
+FIRST_STEP = """
+import numpy as np
+import numbabn
+layer = numbabn.BatchNormalization()
+dx = layer.backward(layer(np.ones((256, 64), np.float32), training=True))
+"""
+# Numba's first kernel load in a process initializes its CPU target, whatever the kernel: that
+# imports numba.np.arraymath, which probes for SciPy's BLAS (docs/performance.md, "Start-up").
+ONE_KERNEL = """
+import numpy as np
+from numbabn.cpu import kernels
+kernels.any_nan(np.zeros((1, 64)))
+"""
+
+
+def test_first_step_imports_no_package_that_numbas_first_kernel_does_not():
+    _modules_after(FIRST_STEP)               # every kernel the step uses is now in the disk cache
+    imported = _modules_after("import numbabn")
+    assert "numba.np.arraymath" not in imported      # importing does not start Numba's target
+    assert "scipy.linalg" not in imported
+    numba_alone = _modules_after(ONE_KERNEL)
+    step = _modules_after(FIRST_STEP)
+    # (Numba's and llvmlite's own modules may differ where the cache cannot be written and the
+    # step compiles more than the one kernel)
+    extra = {m for m in step - numba_alone
+             if m.split(".")[0] not in ("numbabn", "numba", "llvmlite")}
+    assert not extra
+    assert not [m for m in step if m.startswith(("numba.cuda", "numbabn.cuda"))]
+
+
 def _imports_within(package_dir):
     """``{module: modules of the package it imports}``, counting imports inside functions too."""
-    import ast
-    import pathlib
     root = pathlib.Path(package_dir)
     names = {}
     for path in root.rglob("*.py"):
