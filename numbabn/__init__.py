@@ -6,8 +6,8 @@ layer with an explicit ``backward``), :func:`load` (a layer saved with
 Importing the package compiles nothing; kernels compile on first use and are cached on disk.
 """
 from . import functional
-from .layer import BatchNormalization, Variable
-from .persistence import load
+from .layer import BatchNormalization, load
+from .variable import Variable
 
 __version__ = "0.1.0"
 __all__ = ["BatchNormalization", "Variable", "functional", "load", "__version__"]

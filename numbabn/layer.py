@@ -10,12 +10,14 @@ import threading
 
 import numpy as np
 
-from . import _dispatch, _dtypes, _interrupts, _ops, _validate
-from . import keras_compat as kc
+from . import _dispatch, _dtypes, _interrupts, _ops, _validate, folding, persistence
 from ._buffers import OutputPool
 from ._layout import Layout
+from .keras import identifiers as kc
+from .keras import interchange
+from .variable import Variable
 
-__all__ = ["BatchNormalization", "Variable"]
+__all__ = ["BatchNormalization", "load"]
 
 _CLIPPING_KEYS = ("rmax", "rmin", "dmax")
 # Keyword arguments every Keras layer accepts; numbabn records them and needs no more.
@@ -42,285 +44,6 @@ def _np_dtype(t):
                              "Received: dtype='bfloat16'") from None
         return np.dtype(ml_dtypes.bfloat16)
     return np.dtype(t)
-
-
-class Variable:
-    """A named layer weight: a NumPy array plus its Keras metadata, with a device copy.
-
-    ``value`` is the live NumPy array, updated in place by training steps on NumPy inputs.
-    After calls on CUDA arrays the device copy is the current one: reading ``value`` copies it
-    back (and the next CUDA call uploads whatever the host then holds), so the host and the
-    device never disagree about a weight. :meth:`numpy` returns a copy.
-
-    A layer creates its variables when it is built; they are reached as attributes
-    (``layer.gamma``, ``layer.moving_mean``, ...) and listed by
-    :attr:`BatchNormalization.weights`.
-
-    Parameters
-    ----------
-    name : str
-        Keras-style name, ``"<layer>/<weight>:0"``.
-    value : numpy.ndarray
-        The initial value; the variable keeps this array (no copy) and updates it in place.
-    trainable : bool
-        Whether an optimizer should update it (``gamma`` and ``beta`` of a trainable layer).
-    regularizer : callable, optional
-        ``regularizer(value) -> float``, read by :attr:`BatchNormalization.losses`.
-    constraint : callable, optional
-        ``constraint(value) -> array``, applied by :meth:`BatchNormalization.apply_constraints`.
-
-    Examples
-    --------
-    >>> import numpy as np
-    >>> import numbabn
-    >>> layer = numbabn.BatchNormalization(name="bn")
-    >>> layer.build((None, 3))
-    >>> layer.gamma
-    <Variable 'bn/gamma:0' shape=(3,) dtype=float32>
-    >>> layer.gamma.value.tolist(), layer.gamma.trainable
-    ([1.0, 1.0, 1.0], True)
-    >>> layer.gamma -= np.array([0.5, 0.25, 0.0])      # in place, like an optimizer step
-    >>> layer.gamma.numpy().tolist()
-    [0.5, 0.75, 1.0]
-    """
-
-    def __init__(self, name, value, trainable, regularizer=None, constraint=None):
-        self.name = name
-        self._host = value
-        self._device = None
-        self._on_device = False          # the device copy holds the current value
-        self.trainable = trainable
-        self.regularizer = regularizer
-        self.constraint = constraint
-
-    @property
-    def value(self):
-        """The live NumPy array (copied back from the device first if the device copy is newer).
-
-        Writing into it changes the weight; assigning to it (``var.value = new``) copies ``new``
-        in, as :meth:`assign` does.
-
-        Examples
-        --------
-        >>> import numpy as np
-        >>> import numbabn
-        >>> var = numbabn.Variable("w", np.zeros(2, np.float32), trainable=True)
-        >>> var.value[0] = 3.0
-        >>> var.value = [1.0, 2.0]
-        >>> var.value.tolist()
-        [1.0, 2.0]
-        """
-        if self._on_device:
-            self._host[...] = _dispatch.engine(_dispatch.CUDA).to_host(self._device)
-            self._on_device = False
-        return self._host
-
-    @value.setter
-    def value(self, new):
-        # ``var.value -= step`` updates the array in place and then sets it back
-        if new is not self._host:
-            self.assign(new)
-
-    def live(self, device):
-        """Return the array on ``device`` that calls read and update in place.
-
-        Parameters
-        ----------
-        device : {"cpu", "cuda"}
-            Where the caller computes. ``"cuda"`` uploads the host value if the device copy is
-            not the current one (this needs a GPU).
-
-        Returns
-        -------
-        array
-            The NumPy array itself for ``"cpu"``, the device copy for ``"cuda"``.
-
-        Examples
-        --------
-        >>> import numpy as np
-        >>> import numbabn
-        >>> var = numbabn.Variable("w", np.ones(3), trainable=False)
-        >>> var.live("cpu") is var.value
-        True
-        """
-        if device == _dispatch.CPU:
-            return self.value
-        if not self._on_device:
-            self._device = _dispatch.engine(device).to_device(self._host)
-            self._on_device = True
-        return self._device
-
-    @property
-    def shape(self):
-        """The weight's shape (a tuple).
-
-        Examples
-        --------
-        >>> import numpy as np
-        >>> import numbabn
-        >>> numbabn.Variable("w", np.zeros((1, 3, 1)), trainable=False).shape
-        (1, 3, 1)
-        """
-        return self._host.shape
-
-    @property
-    def dtype(self):
-        """The weight's NumPy dtype.
-
-        Examples
-        --------
-        >>> import numpy as np
-        >>> import numbabn
-        >>> numbabn.Variable("w", np.zeros(3, np.float32), trainable=False).dtype
-        dtype('float32')
-        """
-        return self._host.dtype
-
-    def numpy(self):
-        """Return a NumPy copy of the current value.
-
-        Returns
-        -------
-        numpy.ndarray
-            A new array; later updates of the weight do not reach it.
-
-        Examples
-        --------
-        >>> import numpy as np
-        >>> import numbabn
-        >>> var = numbabn.Variable("w", np.zeros(2), trainable=True)
-        >>> snapshot = var.numpy()
-        >>> _ = var.assign([4.0, 5.0])
-        >>> snapshot.tolist(), var.numpy().tolist()
-        ([0.0, 0.0], [4.0, 5.0])
-        """
-        return self.value.copy()
-
-    def assign(self, value):
-        """Overwrite the value in place.
-
-        Parameters
-        ----------
-        value : array-like or CUDA array
-            The new value: the weight's shape, or any shape with as many elements; cast to the
-            weight's dtype. A CUDA array is copied into the device copy.
-
-        Returns
-        -------
-        Variable
-            This variable.
-
-        Raises
-        ------
-        ValueError
-            ``value`` has a different number of elements.
-        TypeError
-            ``value`` is not a real numeric array.
-
-        Examples
-        --------
-        >>> import numpy as np
-        >>> import numbabn
-        >>> var = numbabn.Variable("w", np.zeros((1, 2), np.float32), trainable=True)
-        >>> var.assign([3, 4]).value
-        array([[3., 4.]], dtype=float32)
-        """
-        if _dispatch.device_of(value) == _dispatch.CUDA:
-            eng = _dispatch.engine(_dispatch.CUDA)
-            eng.assign(self.live(_dispatch.CUDA), self._device_value(eng, value))
-            return self
-        value = _validate.as_real_array(value, self.name, self._host.dtype)
-        if value.shape != self.shape and value.size != self._host.size:
-            raise ValueError(f"Cannot assign a value of shape {value.shape} to {self.name} of "
-                             f"shape {self.shape}")
-        self.value[...] = value.reshape(self.shape)
-        return self
-
-    def _device_value(self, eng, value):
-        v, _ = eng.adopt(value)
-        if not _validate.is_float(v.dtype) and np.dtype(v.dtype).kind not in "iu":
-            raise TypeError(f"The value for {self.name} must hold real numbers. Received: a "
-                            f"device array of dtype {np.dtype(v.dtype).name}")
-        if v.size != self._host.size:
-            raise ValueError(f"Cannot assign a value of shape {tuple(v.shape)} to {self.name} of "
-                             f"shape {self.shape}")
-        return v
-
-    def _add(self, delta, sign):
-        if _dispatch.device_of(delta) == _dispatch.CUDA:
-            eng = _dispatch.engine(_dispatch.CUDA)
-            eng.add_scaled(self.live(_dispatch.CUDA), self._device_value(eng, delta), sign)
-            return self
-        delta = _validate.as_real_array(delta, "delta", None)
-        try:
-            moved = self.value + sign * delta
-        except ValueError:
-            moved = None
-        if moved is None or moved.shape != self.shape:
-            raise ValueError(f"Cannot add a delta of shape {delta.shape} to {self.name} of shape "
-                             f"{self.shape}: it must broadcast to the weight's shape")
-        return self.assign(moved)
-
-    def assign_add(self, delta):
-        """Add ``delta`` to the value in place (``var += delta`` does the same).
-
-        Parameters
-        ----------
-        delta : array-like or CUDA array
-            Broadcasts to the weight's shape (a CUDA array: as many elements); a CUDA array
-            updates the device copy.
-
-        Returns
-        -------
-        Variable
-            This variable.
-
-        Examples
-        --------
-        >>> import numpy as np
-        >>> import numbabn
-        >>> var = numbabn.Variable("w", np.ones(2), trainable=True)
-        >>> var.assign_add([0.5, 1.5]).value.tolist()
-        [1.5, 2.5]
-        """
-        return self._add(delta, 1.0)
-
-    def assign_sub(self, delta):
-        """Subtract ``delta`` from the value in place (``var -= delta`` does the same).
-
-        Parameters
-        ----------
-        delta : array-like or CUDA array
-            Broadcasts to the weight's shape (a CUDA array: as many elements); a CUDA array
-            updates the device copy.
-
-        Returns
-        -------
-        Variable
-            This variable.
-
-        Examples
-        --------
-        >>> import numpy as np
-        >>> import numbabn
-        >>> var = numbabn.Variable("w", np.ones(2), trainable=True)
-        >>> var.assign_sub(0.25).value.tolist()
-        [0.75, 0.75]
-        """
-        return self._add(delta, -1.0)
-
-    # ``layer.gamma -= lr * grad`` updates the weight in place (on the device for CUDA grads).
-    def __iadd__(self, delta):
-        return self.assign_add(delta)
-
-    def __isub__(self, delta):
-        return self.assign_sub(delta)
-
-    def __array__(self, dtype=None, copy=None):
-        return self.value.copy() if dtype is None else self.value.astype(dtype)
-
-    def __repr__(self):
-        return f"<Variable {self.name!r} shape={self.shape} dtype={self.dtype.name}>"
 
 
 class _Names:
@@ -948,7 +671,7 @@ class BatchNormalization:
         ------
         TypeError
             A regularizer that is a plain callable without a ``gradient(w)`` method (the
-            regularizers of ``numbabn.keras_compat`` all have one).
+            regularizers of ``numbabn.keras.identifiers`` all have one).
 
         Examples
         --------
@@ -1485,7 +1208,6 @@ class BatchNormalization:
         >>> bool(np.array_equal(again.moving_mean.value, layer.moving_mean.value))
         True
         """
-        from . import persistence
         return persistence.save(self, path)
 
     @classmethod
@@ -1515,8 +1237,7 @@ class BatchNormalization:
         >>> layer.momentum                                              # doctest: +SKIP
         0.9
         """
-        from . import persistence
-        return persistence.from_keras(keras_layer, cls)
+        return interchange.from_keras(keras_layer, cls)
 
     def to_keras(self):
         """Make a ``tf.compat.v1.keras.layers.BatchNormalization`` with this layer's state.
@@ -1547,8 +1268,7 @@ class BatchNormalization:
         >>> len(layer.get_weights())
         4
         """
-        from . import persistence
-        return persistence.to_keras(self)
+        return interchange.to_keras(self)
 
     def fold(self, kernel, bias=None, axis=-1):
         """Fold this layer's inference transform into the preceding Dense or Conv layer.
@@ -1601,36 +1321,57 @@ class BatchNormalization:
         if not self.built:
             raise RuntimeError(f"Layer {self.name!r} has no moving statistics yet: call it or "
                                "build() before fold()")
-        channels = int(np.prod(self._param_shape))
         if len(self._axes) != 1:
             raise ValueError(f"fold() needs a layer with one feature axis. Received: layer "
                              f"{self.name!r} with axis={self.axis!r}")
-        kernel = _validate.as_real_array(kernel, "kernel", None)
-        axis = _validate.resolve_axes(axis, kernel.ndim, "axis")[0]
-        if kernel.shape[axis] != channels:
-            raise ValueError(f"The kernel's axis {axis} must have one entry per feature "
-                             f"({channels}). Received: kernel with shape {kernel.shape}")
-        dtype = kernel.dtype if kernel.dtype.kind == "f" else np.dtype(np.float32)
-        if bias is not None:
-            bias = _validate.as_real_array(bias, "bias")
-            if bias.size != channels:
-                raise ValueError(f"`bias` must have one value per feature ({channels}). "
-                                 f"Received: bias with shape {bias.shape}")
-            bias = bias.reshape(-1)
 
-        def weight(key, default):
+        def weight(key):
             var = self._variables.get(key)
-            return np.full(channels, default) if var is None else (
-                var.value.reshape(-1).astype(np.float64))
-        scale = weight("gamma", 1.0) / np.sqrt(weight("moving_variance", 1.0) + self.epsilon)
-        shape = [1] * kernel.ndim
-        shape[axis] = channels
-        new_kernel = (kernel.astype(np.float64) * scale.reshape(shape)).astype(dtype)
-        offset = np.zeros(channels) if bias is None else bias
-        new_bias = ((offset - weight("moving_mean", 0.0)) * scale
-                    + weight("beta", 0.0)).astype(dtype)
-        return new_kernel, new_bias
+            return None if var is None else var.value
+        return folding.fold(kernel, bias, mean=weight("moving_mean"),
+                            variance=weight("moving_variance"), gamma=weight("gamma"),
+                            beta=weight("beta"), epsilon=self.epsilon, axis=axis)
 
     def __repr__(self):
         state = "built" if self.built else "not built"
         return f"<BatchNormalization name={self.name!r} axis={self.axis!r} ({state})>"
+
+
+def load(path):
+    """Load a layer saved by :meth:`BatchNormalization.save`, built and with its weights.
+
+    The file is read without unpickling anything, so loading cannot run code from it.
+
+    Parameters
+    ----------
+    path : str or path-like
+        The file.
+
+    Returns
+    -------
+    BatchNormalization
+        The saved configuration, built for the saved input shape with the saved weights (an
+        unbuilt layer if it was saved unbuilt).
+
+    Raises
+    ------
+    FileNotFoundError
+        No such file.
+    ValueError
+        The file is not a numbabn layer file, is corrupt, or its weights do not fit its
+        configuration; the message says which.
+
+    Examples
+    --------
+    >>> import os, tempfile
+    >>> import numpy as np
+    >>> import numbabn
+    >>> layer = numbabn.BatchNormalization(axis=1, momentum=0.0)
+    >>> x = np.random.default_rng(0).normal(3.0, 1.0, size=(4, 2, 3, 3))
+    >>> _ = layer(x, training=True)
+    >>> with tempfile.TemporaryDirectory() as tmp:
+    ...     loaded = numbabn.load(layer.save(os.path.join(tmp, "bn.npz")))
+    >>> loaded.built, loaded.axis, bool(np.array_equal(loaded(x), layer(x)))
+    (True, [1], True)
+    """
+    return persistence.load(path, BatchNormalization)

@@ -1,4 +1,4 @@
-"""Saving and loading layers, and moving them to and from tf.keras.
+"""Saving and loading layers (``BatchNormalization.save`` / ``numbabn.load``).
 
 A saved layer is one ``.npz`` file (NumPy's zip of arrays) holding the layer's configuration as
 JSON, the shape it was built for, and its weights in Keras order. Nothing in it is pickled: it is
@@ -16,7 +16,7 @@ import zlib
 
 import numpy as np
 
-__all__ = ["save", "load", "from_keras", "to_keras"]
+__all__ = ["save", "load"]
 
 FORMAT = 1
 _KEYS = ("format", "class_name", "config", "input_spec", "weight_names")
@@ -91,48 +91,12 @@ def _input_spec(layer):
     return {"ndim": ndim, "dims": {str(a): d for a, d in dims.items()}}
 
 
-def load(path, cls=None):
-    """Load a layer saved by :meth:`BatchNormalization.save`, built and with its weights.
+def load(path, cls):
+    """Read the ``cls`` layer saved at ``path``; see :func:`numbabn.load`.
 
-    The file is read without unpickling anything, so loading cannot run code from it.
-
-    Parameters
-    ----------
-    path : str or path-like
-        The file.
-    cls : type, optional
-        The layer class to make (:class:`BatchNormalization` by default); the file must hold
-        a layer of that class.
-
-    Returns
-    -------
-    BatchNormalization
-        The saved configuration, built for the saved input shape with the saved weights (an
-        unbuilt layer if it was saved unbuilt).
-
-    Raises
-    ------
-    FileNotFoundError
-        No such file.
-    ValueError
-        The file is not a numbabn layer file, is corrupt, or its weights do not fit its
-        configuration; the message says which.
-
-    Examples
-    --------
-    >>> import os, tempfile
-    >>> import numpy as np
-    >>> import numbabn
-    >>> layer = numbabn.BatchNormalization(axis=1, momentum=0.0)
-    >>> x = np.random.default_rng(0).normal(3.0, 1.0, size=(4, 2, 3, 3))
-    >>> _ = layer(x, training=True)
-    >>> with tempfile.TemporaryDirectory() as tmp:
-    ...     loaded = numbabn.load(layer.save(os.path.join(tmp, "bn.npz")))
-    >>> loaded.built, loaded.axis, bool(np.array_equal(loaded(x), layer(x)))
-    (True, [1], True)
+    ``cls`` is the layer class (passed in, so that this module does not import the layer); the
+    file must hold a layer of that class.
     """
-    if cls is None:
-        from .layer import BatchNormalization as cls
     path = os.fspath(path)
     with _Reader(path) as reader:
         return _load(reader, path, cls)
@@ -318,58 +282,3 @@ class _Reader:
             return json.loads(self.text(contents, key))
         except (ValueError, RecursionError) as err:      # JSONDecodeError, huge integers
             self.fail(f"its {key} is not valid JSON ({type(err).__name__}: {err})")
-
-
-# ------------------------------------------------------------------------------------------------
-# tf.keras
-
-
-def _keras_config(config, built):
-    """A tf.keras layer config without the keys numbabn does not take (module paths, a
-    serialized dtype policy becomes its name)."""
-    out = {k: v for k, v in config.items() if k not in ("module", "registered_name")}
-    if isinstance(out.get("dtype"), dict):
-        out["dtype"] = out["dtype"].get("config", {}).get("name", out["dtype"])
-    if built and "virtual_batch_size" in out:   # a built tf.keras layer reports them shifted
-        out["axis"] = [a - 1 for a in out["axis"]]
-    return out
-
-
-def _plain(value):
-    # tf.keras wraps lists and dicts in its own tracking types
-    return dict(value) if hasattr(value, "keys") else list(value)
-
-
-def from_keras(keras_layer, cls=None):
-    """A numbabn layer with the configuration and weights of a tf.keras BatchNormalization."""
-    if cls is None:
-        from .layer import BatchNormalization as cls
-    config = json.loads(json.dumps(keras_layer.get_config(), default=_plain))
-    layer = cls.from_config(_keras_config(config, keras_layer.built))
-    if keras_layer.built:
-        spec = keras_layer.input_spec
-        spec = spec[0] if isinstance(spec, (list, tuple)) else spec
-        layer.build(tuple(spec.axes.get(a) for a in range(spec.ndim)))
-        layer.set_weights([np.asarray(w) for w in keras_layer.get_weights()])
-    return layer
-
-
-def to_keras(layer):
-    """A tf.keras (V1) BatchNormalization with ``layer``'s configuration and weights.
-
-    Needs TensorFlow with tf_keras (``TF_USE_LEGACY_KERAS=1``) or a TensorFlow whose bundled
-    Keras is version 2.
-    """
-    try:
-        import tensorflow as tf
-    except ImportError:
-        raise ImportError("to_keras() needs TensorFlow: pip install tensorflow-cpu tf-keras") \
-            from None
-    config = dict(layer.get_config())
-    config.pop("synchronized", None)
-    keras_layer = tf.compat.v1.keras.layers.BatchNormalization.from_config(config)
-    if layer.built:
-        ndim, dims = layer._input_spec
-        keras_layer.build(tuple(dims.get(a) for a in range(ndim)))
-        keras_layer.set_weights(layer.get_weights())
-    return keras_layer

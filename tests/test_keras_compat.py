@@ -1,4 +1,4 @@
-"""Tests for numbabn.keras_compat (Keras-style initializers, regularizers,
+"""Tests for numbabn.keras.identifiers (Keras-style initializers, regularizers,
 constraints and their identifiers)."""
 
 import json
@@ -8,7 +8,7 @@ import re
 import numpy as np
 import pytest
 
-from numbabn import keras_compat as kc
+from numbabn.keras import identifiers as kc
 
 TRUNC_STD = 0.87962566103423978  # std of N(0, 1) truncated to [-2, 2]
 

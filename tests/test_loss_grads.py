@@ -12,7 +12,7 @@ import pytest
 from conftest import assert_close
 
 import numbabn
-from numbabn import keras_compat as kc
+from numbabn.keras import identifiers as kc
 
 DATA = pathlib.Path(__file__).parent / "golden" / "sgd"
 CASES = sorted(p.stem for p in DATA.glob("*.npz"))

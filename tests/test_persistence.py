@@ -10,6 +10,7 @@ from conftest import assert_close
 
 import numbabn
 from numbabn import persistence
+from numbabn.keras import interchange
 
 BN = numbabn.BatchNormalization
 
@@ -217,8 +218,9 @@ def test_fold_errors(rng):
         bn.fold("not an array")
 
 
-def test_persistence_module_names():
-    assert set(persistence.__all__) == {"save", "load", "from_keras", "to_keras"}
+def test_persistence_and_interchange_module_names():
+    assert set(persistence.__all__) == {"save", "load"}
+    assert set(interchange.__all__) == {"from_keras", "to_keras"}
 
 
 # ------------------------------------------------------------------------------------------------

@@ -21,6 +21,16 @@ layer(x, training=True)
 layer.backward(np.ones_like(x))
 """
 
+# One kernel loaded from the disk cache: Numba's own first-use cost, which any cached Numba
+# function pays once per process (it initializes Numba's CPU target, and that imports SciPy's
+# BLAS where SciPy is installed; docs/performance.md, "Start-up"). The first step's time above
+# this is numbabn's.
+ONE_KERNEL = """
+import numpy as np
+from numbabn.cpu import kernels
+kernels.any_nan(np.zeros((1, 64)))
+"""
+
 # Point Numba at an empty cache directory (removed when the process exits): every kernel the
 # first step needs is compiled from scratch.
 EMPTY_KERNEL_CACHE = """
@@ -47,6 +57,10 @@ class Startup:
     def timeraw_import_and_first_step(self):
         """Import, then forward and backward on (256, 64), kernels loaded from the disk cache."""
         return FIRST_STEP, fresh_interpreter_setup()
+
+    def timeraw_import_and_one_kernel(self):
+        """Import, then one small kernel (the step uses it too) loaded from the disk cache."""
+        return ONE_KERNEL, fresh_interpreter_setup()
 
 
 class ColdStartup:

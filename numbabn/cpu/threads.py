@@ -30,7 +30,6 @@ other follows it. ``docs/performance.md`` ("Inside a training loop") has the num
 """
 import collections
 import os
-import statistics
 import threading
 import time
 
@@ -227,13 +226,21 @@ class Choice:
 
     def _decide(self, parallel):
         self.parallel = parallel
-        self.reference = statistics.median(self.times[parallel])
+        self.reference = _median(self.times[parallel])
         self.countdown = self.interval
 
     def _faster(self):
         """Whether the parallel twin is the faster, by the medians of the kept times (a probe
         keeps only its own fresh times for the probed twin)."""
-        return statistics.median(self.times[True]) < statistics.median(self.times[False])
+        return _median(self.times[True]) < _median(self.times[False])
+
+
+def _median(times):
+    """``statistics.median`` of a few timings, without importing ``statistics`` (and with it
+    ``decimal`` and ``fractions``) when numbabn is imported."""
+    ordered = sorted(times)
+    mid = len(ordered) // 2
+    return ordered[mid] if len(ordered) % 2 else (ordered[mid - 1] + ordered[mid]) / 2
 
 
 _sites = {}
