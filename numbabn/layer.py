@@ -1,4 +1,4 @@
-"""The ``BatchNormalization`` layer: state and policy; the arithmetic lives in ``functional``.
+"""The ``BatchNormalization`` layer: state and policy; the arithmetic lives in ``_ops``.
 
 It follows ``tf.compat.v1.keras.layers.BatchNormalization`` (tf_keras' V1 class) argument for
 argument; ``docs/numerics.md`` lists the conventions and the few places where numbabn
