@@ -195,7 +195,8 @@ def forward_coefficients(x, mean, var, epsilon, affine):
     """
     G, C = mean.shape
     inv_std = np.empty((G, C))
-    m_hi, a, b = np.empty((3, G, C), dtype=_arith(x.dtype))
+    arith = _arith(x.dtype)
+    m_hi, a, b = np.empty((G, C), arith), np.empty((G, C), arith), np.empty((G, C), arith)
     _pick(kernels.affine_coefficients, mean)(mean, var, epsilon, affine.gamma, affine.beta,
                                              affine.scale, affine.shift, inv_std, m_hi, a, b)
     return inv_std, m_hi, a, b
@@ -230,13 +231,15 @@ def train_small(x, epsilon, affine, out=None, dtype=None):
         return None
     C = x.shape[1]
     arith = _arith(x.dtype)
-    mean, var, inv_std = np.empty((3, 1, C))
-    m_hi, a, b = np.empty((3, 1, C), arith)
+    # one block each for the kernel; views are taken only of what the caller keeps
+    stats = np.empty((3, 1, C))                  # mean, var, inv_std
+    coefficients = np.empty((3, 1, C), arith)    # m_hi, a, b
     y = _result(x.shape, dtype, arith) if out is None else out
     if not kernels.train_rows_small(_raw(x), epsilon, affine.gamma, affine.beta, affine.scale,
-                                    affine.shift, mean, var, inv_std, m_hi, a, b, _raw(y)):
+                                    affine.shift, stats, coefficients, _raw(y)):
         return None                      # a NaN mean: moments() says what it is
-    return (y if dtype is None or y.dtype == dtype else y.astype(dtype)), mean, var, inv_std, m_hi
+    return ((y if dtype is None or y.dtype == dtype else y.astype(dtype)), stats[0], stats[1],
+            stats[2], coefficients[0])
 
 
 def infer_small(x, mean, var, epsilon, affine, out=None, dtype=None):
@@ -247,11 +250,11 @@ def infer_small(x, mean, var, epsilon, affine, out=None, dtype=None):
     C = x.shape[1]
     arith = _arith(x.dtype)
     inv_std = np.empty((1, C))
-    m_hi, a, b = np.empty((3, 1, C), arith)
+    coefficients = np.empty((3, 1, C), arith)    # m_hi, a, b
     y = _result(x.shape, dtype, arith) if out is None else out
     kernels.infer_rows_small(_raw(x), mean, var, epsilon, affine.gamma, affine.beta, affine.scale,
-                             affine.shift, inv_std, m_hi, a, b, _raw(y))
-    return (y if dtype is None or y.dtype == dtype else y.astype(dtype)), inv_std, m_hi
+                             affine.shift, inv_std, coefficients, _raw(y))
+    return (y if dtype is None or y.dtype == dtype else y.astype(dtype)), inv_std, coefficients[0]
 
 
 def backward_small(x, dy, mean, m_hi, inv_std, count, training, affine, out=None, dtype=None):
@@ -267,7 +270,7 @@ def backward_small(x, dy, mean, m_hi, inv_std, count, training, affine, out=None
     dx = _result(x.shape, dtype, arith) if out is None else out
     kernels.backward_rows_small(_raw(x), _raw(dy), mean, m_hi, inv_std, float(count), training,
                                 affine.gamma, affine.scale, affine.shift, sums, coefficients,
-                                sums[2], sums[3], _raw(dx))
+                                _raw(dx))
     return (dx if dtype is None or dx.dtype == dtype else dx.astype(dtype)), sums[2], sums[3]
 
 
@@ -315,7 +318,9 @@ def gradient_coefficients(x, sum_dy, sum_dyxc, mean, m_hi, inv_std, count, train
     number of values behind each statistic (over every process, for synchronized sums).
     """
     G, C = mean.shape
-    dy_mean, k_dy, k_xc, k_0 = np.empty((4, G, C), dtype=_arith(x.dtype))
+    # separate arrays: unpacking one (4, G, C) block costs more than four allocations
+    arith = _arith(x.dtype)
+    dy_mean, k_dy, k_xc, k_0 = (np.empty((G, C), arith) for _ in range(4))
     dgamma, dbeta = np.empty(C), np.empty(C)
     _pick(kernels.grad_coefficients, mean)(
         np.ascontiguousarray(sum_dy), np.ascontiguousarray(sum_dyxc), mean, m_hi, inv_std,
@@ -482,7 +487,7 @@ def assign(out, values):
 
 def as_vector(a):
     """A weight as a flat vector for the kernels (a view; they convert each value to float64)."""
-    return a.reshape(-1)
+    return a if a.ndim == 1 else a.reshape(-1)
 
 
 # ------------------------------------------------------------------------------------------------

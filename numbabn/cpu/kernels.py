@@ -840,33 +840,39 @@ def _rows_normalize(x, mean, var, epsilon, gamma, beta, scale, shift, inv_std, m
 
 
 @njit(**_SMALL)
-def train_rows_small(x, epsilon, gamma, beta, scale, shift, mean, var, inv_std, m_hi, a, b, y):
-    """Statistics, coefficients and ``y`` of a one-group ``x[R, C]`` in one call; returns
-    whether every mean is a number (else the caller recomputes the NaN ones)."""
-    _rows_moments(x, mean[0], var[0], inv_std[0])
-    for c in range(mean.shape[1]):
-        if mean[0, c] != mean[0, c]:
+def train_rows_small(x, epsilon, gamma, beta, scale, shift, stats, coefficients, y):
+    """Statistics, coefficients and ``y`` of a one-group ``x[R, C]`` in one call.
+
+    Fills ``stats`` (float64 ``(3, 1, C)``: mean, var, inv_std) and ``coefficients`` (``(3, 1,
+    C)`` in the arithmetic dtype: m_hi, a, b); returns whether every mean is a number (else the
+    caller recomputes the NaN ones).
+    """
+    mean, var, inv_std = stats[0, 0], stats[1, 0], stats[2, 0]
+    _rows_moments(x, mean, var, inv_std)
+    for c in range(mean.shape[0]):
+        if mean[c] != mean[c]:
             return False
-    _rows_normalize(x, mean[0], var[0], epsilon, gamma, beta, scale, shift, inv_std[0], m_hi[0],
-                    a[0], b[0], y)
+    _rows_normalize(x, mean, var, epsilon, gamma, beta, scale, shift, inv_std,
+                    coefficients[0, 0], coefficients[1, 0], coefficients[2, 0], y)
     return True
 
 
 @njit(**_SMALL)
-def infer_rows_small(x, mean, var, epsilon, gamma, beta, scale, shift, inv_std, m_hi, a, b, y):
-    """Coefficients and ``y`` of ``x[R, C]`` with given statistics ``(1, C)`` in one call."""
-    _rows_normalize(x, mean[0], var[0], epsilon, gamma, beta, scale, shift, inv_std[0], m_hi[0],
-                    a[0], b[0], y)
+def infer_rows_small(x, mean, var, epsilon, gamma, beta, scale, shift, inv_std, coefficients, y):
+    """Coefficients and ``y`` of ``x[R, C]`` with given statistics ``(1, C)`` in one call
+    (``coefficients``: m_hi, a, b, ``(3, 1, C)``)."""
+    _rows_normalize(x, mean[0], var[0], epsilon, gamma, beta, scale, shift, inv_std[0],
+                    coefficients[0, 0], coefficients[1, 0], coefficients[2, 0], y)
 
 
 @njit(**_SMALL)
 def backward_rows_small(x, dy, mean, m_hi, inv_std, count, training, gamma, scale, shift, sums,
-                        coefficients, dgamma, dbeta, dx):
+                        coefficients, dx):
     """:func:`unit_grad_sums_rows`, :func:`grad_coefficients` and the input gradient of a
-    one-group ``x[R, C]`` in one call. ``sums`` is float64 ``(2, C)``, ``coefficients``
-    ``(4, C)`` in ``x``'s arithmetic dtype (scratch)."""
+    one-group ``x[R, C]`` in one call. ``sums`` is float64 ``(4, C)``: the two sums, then
+    dgamma and dbeta; ``coefficients`` ``(4, C)`` in ``x``'s arithmetic dtype (scratch)."""
     R, C = x.shape
-    s1, s2 = sums[0], sums[1]
+    s1, s2, dgamma, dbeta = sums[0], sums[1], sums[2], sums[3]
     m = m_hi[0]
     s1[:] = 0.0
     s2[:] = 0.0

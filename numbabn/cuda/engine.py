@@ -519,7 +519,7 @@ def assign(out, values):
 
 def as_vector(a):
     """A weight as a flat vector for the kernels (they convert each value to float64)."""
-    return a.reshape(-1)
+    return a if a.ndim == 1 else a.reshape(-1)
 
 
 # ------------------------------------------------------------------------------------------------
