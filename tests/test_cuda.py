@@ -336,6 +336,7 @@ def test_both_engines_implement_one_interface():
         assert callable(getattr(cpu, name)) and callable(getattr(gpu, name)), name
 
 
+@pytest.mark.long        # about a minute; test_matrix.py runs a training step with these tiles
 @pytest.mark.skipif(not SIMULATOR, reason="a GPU runs its production tiles in every test")
 def test_every_kernel_runs_with_the_gpu_tiles_on_the_simulator():
     """The simulator normally runs scaled-down tiles (every thread is a Python thread); here

@@ -18,8 +18,8 @@ Backends:
                     blocks and units, ``production`` is a GPU's 32 x 8 / 256-thread tiles)
 
 Under Numba's CUDA simulator every kernel thread is a Python thread, so the CUDA shapes are
-small; the default suite runs the tiny launch shape in float32 only and the production one not at
-all, ``-m long`` runs both in every dtype.
+small; the default suite runs the tiny launch shape in float32 only and the production one (on
+shapes that cross its tiles) on the float32 training step only; ``-m long`` runs both everywhere.
 """
 import contextlib
 import itertools
@@ -51,6 +51,10 @@ LAYOUTS = {
     "axes13": ([1, 3], None, (5, 4, 6, 3), (40, 4, 70, 3)),     # a permuting gather
     "ghost": (-1, 2, (8, 3, 2, 5), (64, 6, 7, 14)),             # 4 ghost groups
 }
+# Shapes for the production launch: 40 features cross a 32-feature tile, 300-value planes a
+# 256-thread block.
+PRODUCTION_SHAPES = {"NC": (12, 40), "NHWC": (2, 2, 3, 40), "NCHW": (2, 2, 15, 20),
+                     "axes13": (2, 5, 3, 8), "ghost": (8, 1, 2, 40)}
 OPERATIONS = ["moments", "train_forward", "infer_forward", "train_backward", "infer_backward",
               "moving_update"]
 DTYPES = ["float16", "bfloat16", "float32", "float64"]
@@ -82,6 +86,12 @@ class Backend:
     def large(self):
         return self.variant == "parallel"
 
+    def shape(self, layout):
+        _, _, small, large = LAYOUTS[layout]
+        if self.variant == "production":
+            return PRODUCTION_SHAPES[layout]
+        return large if self.large else small
+
     def to(self, a):
         if self.device == "cpu":
             return a
@@ -109,26 +119,27 @@ class Backend:
 
 
 def _backends():
-    """``(backend, the dtypes it runs in the default suite)``; the rest run under -m long."""
-    yield Backend("cpu", "serial"), DTYPES
-    yield Backend("cpu", "parallel"), DTYPES
+    """``(backend, in_default_suite(dtype, op))``; the other cases run under -m long."""
+    yield Backend("cpu", "serial"), lambda dtype, op: True
+    yield Backend("cpu", "parallel"), lambda dtype, op: True
     if not SIMULATOR:
-        yield Backend("cuda", "native"), DTYPES
+        yield Backend("cuda", "native"), lambda dtype, op: True
         return
-    yield Backend("cuda", "sim"), DTYPES
-    yield Backend("cuda", "tiny"), ["float32"]
-    # 256-thread blocks of Python threads: seconds a case (tests/cuda/production_tiles.py runs
-    # every kernel once this way in the default suite)
-    yield Backend("cuda", "production"), []
+    yield Backend("cuda", "sim"), lambda dtype, op: True
+    yield Backend("cuda", "tiny"), lambda dtype, op: dtype == "float32"
+    # 256-thread blocks of Python threads, seconds a case: the default suite runs the training
+    # forward and backward (every kernel but the inference and moving-average ones) in float32
+    yield Backend("cuda", "production"), lambda dtype, op: (dtype, op) == ("float32",
+                                                                           "train_backward")
 
 
 def _cases():
-    for (backend, default_dtypes), dtype, layout, op in itertools.product(
+    for (backend, in_default), dtype, layout, op in itertools.product(
             _backends(), DTYPES, LAYOUTS, OPERATIONS):
         if LAYOUTS[layout][1] is not None and op in ("infer_forward", "infer_backward"):
             continue                                    # inference has no ghost batches
         marks = []
-        if dtype not in default_dtypes:
+        if not in_default(dtype, op):
             marks.append(pytest.mark.long)
         if dtype == "bfloat16" and BF16 is None:
             marks.append(pytest.mark.skip(reason="bfloat16 needs ml_dtypes"))
@@ -149,8 +160,8 @@ class Problem:
     """Input, upstream gradient and per-feature values of one case, with reference shapes."""
 
     def __init__(self, layout, backend, dtype, rng):
-        axis, self.vbs, small, large = LAYOUTS[layout]
-        self.axis, self.shape, self.dtype = axis, large if backend.large else small, dtype
+        axis, self.vbs, _, _ = LAYOUTS[layout]
+        self.axis, self.shape, self.dtype = axis, backend.shape(layout), dtype
         ndim = len(self.shape)
         self.axes = tuple(sorted(a % ndim for a in ([axis] if isinstance(axis, int) else axis)))
         self.fshape = tuple(self.shape[a] for a in self.axes)
