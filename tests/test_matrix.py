@@ -18,8 +18,9 @@ Backends:
                     blocks and units, ``production`` is a GPU's 32 x 8 / 256-thread tiles)
 
 Under Numba's CUDA simulator every kernel thread is a Python thread, so the CUDA shapes are
-small; the default suite runs the tiny launch shape in float32 only and the production one (on
-shapes that cross its tiles) on the float32 training step only; ``-m long`` runs both everywhere.
+small; the default suite runs every case with the tiny launch shape, float32 with the simulator's
+own, and the float32 training step of the rows and planes views with the production one (on
+shapes that cross its tiles); ``-m long`` runs every case with each.
 """
 import contextlib
 import itertools
@@ -116,18 +117,21 @@ class Backend:
 
 
 def _backends():
-    """``(backend, in_default_suite(dtype, op))``; the other cases run under -m long."""
-    yield Backend("cpu", "serial"), lambda dtype, op: True
-    yield Backend("cpu", "parallel"), lambda dtype, op: True
+    """``(backend, in_default_suite(dtype, layout, op))``; the others run under -m long."""
+    yield Backend("cpu", "serial"), lambda dtype, layout, op: True
+    yield Backend("cpu", "parallel"), lambda dtype, layout, op: True
     if not SIMULATOR:
-        yield Backend("cuda", "native"), lambda dtype, op: True
+        yield Backend("cuda", "native"), lambda dtype, layout, op: True
         return
-    yield Backend("cuda", "sim"), lambda dtype, op: True
-    yield Backend("cuda", "tiny"), lambda dtype, op: dtype == "float32"
-    # 256-thread blocks of Python threads, seconds a case: the default suite runs the training
-    # forward and backward (every kernel but the inference and moving-average ones) in float32
-    yield Backend("cuda", "production"), lambda dtype, op: (dtype, op) == ("float32",
-                                                                           "train_backward")
+    # The simulator's time goes with the threads a launch starts: the tiny tiles (4 threads a
+    # block, few blocks, long grid-stride loops) cost a third of its default ones (32 a block,
+    # which every other CUDA test runs), and the production ones (256) seconds a case.
+    yield Backend("cuda", "tiny"), lambda dtype, layout, op: True
+    yield Backend("cuda", "sim"), lambda dtype, layout, op: dtype == "float32"
+    # the training forward and backward (every kernel but the inference and moving-average
+    # ones) on the rows and the planes view
+    yield Backend("cuda", "production"), lambda dtype, layout, op: (
+        dtype == "float32" and layout in ("NC", "NCHW") and op == "train_backward")
 
 
 def _cases():
@@ -136,7 +140,7 @@ def _cases():
         if LAYOUTS[layout][1] is not None and op in ("infer_forward", "infer_backward"):
             continue                                    # inference has no ghost batches
         marks = []
-        if not in_default(dtype, op):
+        if not in_default(dtype, layout, op):
             marks.append(pytest.mark.long)
         if dtype == "bfloat16" and BF16 is None:
             marks.append(pytest.mark.skip(reason="bfloat16 needs ml_dtypes"))
