@@ -28,7 +28,7 @@ import math
 
 import numpy as np
 import pytest
-from conftest import SIMULATOR, STATS_RTOL, assert_close
+from conftest import SIMULATOR, SIMULATOR_LAUNCHES, STATS_RTOL, assert_close, simulator_launch
 
 import numbabn
 from numbabn import functional as F
@@ -60,15 +60,6 @@ OPERATIONS = ["moments", "train_forward", "infer_forward", "train_backward", "in
               "moving_update"]
 DTYPES = ["float16", "bfloat16", "float32", "float64"]
 
-# CUDA launch geometry: the kernels' tile constants and the engine's grid limits.
-LAUNCHES = {
-    "tiny": dict(TX=2, TY=2, T=4, TARGET_BLOCKS=3, CHUNK=8, MAX_ROW_BLOCKS=2, MAX_GRID_Y=3,
-                 VECTOR_BLOCK=4, COPY_BLOCKS=2, COPY_THREADS=4),
-    "production": dict(TX=32, TY=8, T=256, TARGET_BLOCKS=2048, CHUNK=16 * 256,
-                       MAX_ROW_BLOCKS=8192, MAX_GRID_Y=65535, VECTOR_BLOCK=128,
-                       COPY_BLOCKS=4096, COPY_THREADS=256),
-}
-KERNEL_CONSTANTS = ("TX", "TY", "T")
 
 
 class Backend:
@@ -109,10 +100,8 @@ class Backend:
             finally:
                 threads.set_policy(old)
             return
-        if self.variant in LAUNCHES:
-            from numbabn.cuda import engine, kernels
-            for name, value in LAUNCHES[self.variant].items():
-                monkeypatch.setattr(kernels if name in KERNEL_CONSTANTS else engine, name, value)
+        if self.variant in SIMULATOR_LAUNCHES:
+            simulator_launch(monkeypatch, self.variant)
         yield
 
 
