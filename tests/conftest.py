@@ -96,6 +96,29 @@ def backend(request):
     return request.param
 
 
+# Launch geometries for the CUDA simulator: the kernels' tile constants and the engine's grid
+# limits (the defaults are ``numbabn/cuda/kernels.py``'s scaled-down tiles). The simulator's time
+# follows the Python threads a launch starts: "tiny" costs about a third of the default tiles.
+SIMULATOR_LAUNCHES = {
+    "tiny": dict(TX=2, TY=2, T=4, TARGET_BLOCKS=3, CHUNK=8, MAX_ROW_BLOCKS=2, MAX_GRID_Y=3,
+                 VECTOR_BLOCK=4, COPY_BLOCKS=2, COPY_THREADS=4),
+    "production": dict(TX=32, TY=8, T=256, TARGET_BLOCKS=2048, CHUNK=16 * 256,
+                       MAX_ROW_BLOCKS=8192, MAX_GRID_Y=65535, VECTOR_BLOCK=128,
+                       COPY_BLOCKS=4096, COPY_THREADS=256),
+}
+
+
+def simulator_launch(monkeypatch, name):
+    """Run the CUDA kernels with the launch geometry ``name`` until ``monkeypatch`` undoes it.
+
+    Only on the simulator: it reads the constants at every launch, while a GPU compiles them in.
+    """
+    assert SIMULATOR
+    from numbabn.cuda import engine, kernels
+    for key, value in SIMULATOR_LAUNCHES[name].items():
+        monkeypatch.setattr(kernels if key in ("TX", "TY", "T") else engine, key, value)
+
+
 @pytest.fixture
 def rng():
     return np.random.default_rng(20261125)

@@ -345,6 +345,7 @@ def test_each_engine_implements_the_interface(engine_name):
         assert inspect.signature(getattr(eng, name)) == signature, name
 
 
+@pytest.mark.long        # about a minute; test_matrix.py runs a training step with these tiles
 @pytest.mark.skipif(not SIMULATOR, reason="a GPU runs its production tiles in every test")
 def test_every_kernel_runs_with_the_gpu_tiles_on_the_simulator():
     """The simulator normally runs scaled-down tiles (every thread is a Python thread); here

@@ -105,10 +105,25 @@ def _assert_close(actual, expected, layer):
                                rtol=4 * tol.rtol, atol=4 * tol.atol * scale)
 
 
-@settings(max_examples=300, deadline=None,
-          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+FUZZING = dict(deadline=None, suppress_health_check=[HealthCheck.too_slow,
+                                                    HealthCheck.data_too_large])
+
+
+@settings(max_examples=300, **FUZZING)
 @given(constructor_args(), st.data())
 def test_fuzzed_layers_fail_cleanly_or_answer_right(kwargs, data):
+    fuzz(kwargs, data)
+
+
+@pytest.mark.long
+@settings(max_examples=3000, **FUZZING)
+@given(constructor_args(), st.data())
+def test_fuzzed_layers_at_length(kwargs, data):
+    fuzz(kwargs, data)
+
+
+def fuzz(kwargs, data):
+    """One fuzzed layer: constructed from ``kwargs``, then a drawn sequence of actions."""
     try:
         layer = numbabn.BatchNormalization(**kwargs)
     except EXPECTED:

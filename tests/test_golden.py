@@ -9,7 +9,7 @@ import pathlib
 
 import numpy as np
 import pytest
-from conftest import assert_close
+from conftest import SIMULATOR, assert_close, simulator_launch
 
 import numbabn
 from numbabn import reference
@@ -31,6 +31,15 @@ def make_layer(data, config):
     if config.get("adjustment"):
         kwargs["adjustment"] = lambda shape: (data["adj_scale"], data["adj_bias"])
     return numbabn.BatchNormalization(**kwargs)
+
+
+@pytest.fixture(autouse=True)
+def few_simulator_threads(request, monkeypatch):
+    """The simulator replays with its tiny launch shape: the same kernels in a third of the time
+    (tests/test_cuda.py and tests/test_matrix.py run its default tiles)."""
+    if SIMULATOR and "backend" in request.fixturenames:
+        if request.getfixturevalue("backend").name == "cuda":
+            simulator_launch(monkeypatch, "tiny")
 
 
 def test_fixtures_present():

@@ -28,6 +28,8 @@ from numbabn import reference as R
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 SCRIPTS = ROOT / "tests" / "reliability"
 STRESS_SECONDS = float(os.environ.get("NUMBABN_STRESS_SECONDS", "30"))
+# the default run's thread check: every case on every thread a few times (-m long: the full time)
+SHORT_SECONDS = 3.0
 
 
 def _layer_env(layer):
@@ -47,10 +49,13 @@ def _run(script, args, layer, timeout):
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
+@pytest.mark.parametrize("seconds", [pytest.param(SHORT_SECONDS, id="short"),
+                                     pytest.param(STRESS_SECONDS, id="stress",
+                                                  marks=pytest.mark.long)])
 @pytest.mark.parametrize("layer", ["default", "workqueue", "tbb"])
-def test_eight_threads_calling_layers(layer):
+def test_eight_threads_calling_layers(layer, seconds):
     # the default layer (the one users get) for the full time, the others for a third of it
-    seconds = STRESS_SECONDS if layer == "default" else STRESS_SECONDS / 3
+    seconds = seconds if layer == "default" else seconds / 3
     report = _run("threads_check.py", [seconds, 8], layer, timeout=seconds + 240)
     assert report["mismatches"] == [] and min(report["steps"]) > 0
     if layer != "default":
@@ -129,6 +134,7 @@ def _available_memory():
         return None
 
 
+@pytest.mark.long
 @pytest.mark.skipif((_available_memory() or 0) < 12 * 2 ** 30,
                     reason="needs about 9 GB of free memory (two 4 GB arrays)")
 def test_more_than_two_to_the_31_elements():
@@ -186,7 +192,7 @@ def test_nan_and_inf_stay_in_their_channel(backend, shape, axis, rng):
 
 @pytest.mark.filterwarnings("ignore:invalid value:RuntimeWarning")   # inf - inf
 @pytest.mark.parametrize("shape, axis, vbs", [((4096, 3), -1, None), ((64, 3), -1, 4),
-                                              ((4, 3, 40, 40), 1, None), ((8, 3, 5, 5), 1, 2)])
+                                              ((4, 3, 10, 13), 1, None), ((8, 3, 5, 5), 1, 2)])
 def test_infinite_feature_means_match_tensorflow(backend, shape, axis, vbs, rng):
     """Mean of a feature with infinities of one sign: that infinity, however the values fall
     into work units and ghost groups; both signs or a NaN: NaN. With and without a mask."""

@@ -33,6 +33,7 @@ def _env(layer):
     return threading_layer_env(layer, ROOT)
 
 
+@pytest.mark.long                 # timings: seconds under each layer, and a busy machine skews them
 @pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="two pools need two cores to fight over")
 @pytest.mark.parametrize("layer", ["default", "workqueue", "tbb"])
 def test_a_layer_step_between_matmuls_costs_about_the_two_apart(layer):
@@ -46,16 +47,20 @@ def test_a_layer_step_between_matmuls_costs_about_the_two_apart(layer):
                                       f"{row}")
 
 
-def test_the_loop_command_reports_every_network(tmp_path):
+# the convolutional networks take most of the time; test_nets.py checks them in process
+@pytest.mark.parametrize("networks", [pytest.param(["mlp"], id="mlp"),
+                                      pytest.param(None, id="every", marks=pytest.mark.long)])
+def test_the_loop_command_reports_every_network(tmp_path, networks):
     out = tmp_path / "loop.json"
     md = tmp_path / "loop.md"
     done = subprocess.run(
         [sys.executable, "-m", "numbabn", "loop", "--quick", "--rounds", "1", "--impls",
-         "numbabn,numpy", "--no-pairs", "--quiet", "--json", str(out), "--markdown", str(md)],
+         "numbabn,numpy", "--no-pairs", "--quiet", "--json", str(out), "--markdown", str(md)]
+        + (["--nets", ",".join(networks)] if networks else []),
         env=_env("default"), capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     data = json.loads(out.read_text())
-    assert sorted(data["networks"]) == sorted(loopbench.nets.NETWORKS)
+    assert sorted(data["networks"]) == sorted(networks or loopbench.nets.NETWORKS)
     for name, by_impl in data["networks"].items():
         assert sorted(by_impl) == ["numbabn", "numpy"]
         for impl, r in by_impl.items():
