@@ -68,6 +68,33 @@ class BatchNormCache:
     :meth:`~numbabn.BatchNormalization.backward`); there is no need to construct one directly.
     The cache refers to the forward input without copying it.
 
+    Parameters
+    ----------
+    x : array
+        The forward input in the engine's canonical view, in the compute dtype.
+    layout : numbabn._layout.Layout
+        How the input's shape and feature axes map onto that view.
+    device : {"cpu", "cuda"}
+        The engine that ran the forward pass.
+    training : bool
+        Whether the forward pass used batch statistics.
+    mean, var, inv_std : array
+        The float64 statistics the forward pass used, ``(G, C)``, and ``1 / sqrt(var + eps)``.
+    m_hi : array
+        The mean in the input's arithmetic dtype: the centre of the backward's sums.
+    affine : Affine
+        The per-feature factors of the forward pass.
+    count : int
+        Values behind each statistic.
+    dx_dtype : numpy.dtype
+        The dtype the backward pass returns ``dx`` in.
+    weights : array, optional
+        A masked training call's canonical mask weights.
+    reduce_sums : callable, optional
+        Synchronized batch norm: adds the backward sums of the other processes.
+    wrap : callable, optional
+        Turns engine arrays back into arrays of the input's kind.
+
     Attributes
     ----------
     mean, variance : array
@@ -96,17 +123,10 @@ class BatchNormCache:
 
     def __init__(self, x, layout, device, training, mean, var, inv_std, m_hi, affine, count,
                  dx_dtype, weights=None, reduce_sums=None, wrap=_identity):
-        # x: the canonical forward input in the compute dtype; mean, var, inv_std: float64
-        # (G, C); m_hi: the mean in x's arithmetic dtype (the backward's centre)
         self.x, self.layout, self.device, self.training = x, layout, device, training
         self._mean, self._var, self._inv_std, self.m_hi = mean, var, inv_std, m_hi
         self.affine, self.count, self.dx_dtype = affine, count, dx_dtype
-        # a masked training call: the positions that made the statistics
-        self.weights = weights
-        # synchronized batch norm: adds the backward sums of the other processes
-        self.reduce_sums = reduce_sums
-        # turns engine arrays back into arrays of the input's kind
-        self.wrap = wrap
+        self.weights, self.reduce_sums, self.wrap = weights, reduce_sums, wrap
         self.feature_shape = layout.feature_shape
 
     def _per_feature(self, a):
