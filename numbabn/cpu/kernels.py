@@ -221,6 +221,31 @@ def _plane_task(t, channels, chunks):
 # moments: per-unit shifted sums, then a Chan merge per group
 
 
+@njit(inline="always")
+def _shifted_sums_rows(x, r0, count, shift, s1, s2):
+    """Add ``x[r] - shift`` and its square, over rows ``r0 .. r0 + count``, into ``s1`` and
+    ``s2`` (float64). Four rows at a time: the accumulators are read and written once per four
+    values, which is what bounds this loop (not the reads of ``x``)."""
+    C = x.shape[1]
+    full = count - count % 4
+    for j in range(r0, r0 + full, 4):
+        xa, xb, xc, xd = x[j], x[j + 1], x[j + 2], x[j + 3]
+        for c in range(C):
+            sh = shift[c]
+            da = np.float64(widen(xa[c])) - sh
+            db = np.float64(widen(xb[c])) - sh
+            dc = np.float64(widen(xc[c])) - sh
+            dd = np.float64(widen(xd[c])) - sh
+            s1[c] += (da + db) + (dc + dd)
+            s2[c] += (da * da + db * db) + (dc * dc + dd * dd)
+    for j in range(r0 + full, r0 + count):
+        xr = x[j]
+        for c in range(C):
+            d = np.float64(widen(xr[c])) - shift[c]
+            s1[c] += d
+            s2[c] += d * d
+
+
 @_parallel_and_serial
 def unit_moments_rows(x, rows_per_sample, block, u_mean, u_m2, shifts):
     """Per-unit mean and M2 of ``x[R, C]``; unit = up to ``block`` rows of one sample.
@@ -243,12 +268,7 @@ def unit_moments_rows(x, rows_per_sample, block, u_mean, u_m2, shifts):
             shift[c] = widen(x0[c])
         s1[:] = 0.0
         s2[:] = 0.0
-        for j in range(count):
-            xr = x[r0 + j]
-            for c in range(C):
-                d = np.float64(widen(xr[c])) - shift[c]
-                s1[c] += d
-                s2[c] += d * d
+        _shifted_sums_rows(x, r0, count, shift, s1, s2)
         inv_count = 1.0 / count
         for c in range(C):
             mean_d = s1[c] * inv_count
@@ -813,12 +833,7 @@ def _rows_moments(x, mean, var, shift):
         shift[c] = widen(x0[c])
         mean[c] = 0.0
         var[c] = 0.0
-    for r in range(R):
-        xr = x[r]
-        for c in range(C):
-            d = np.float64(widen(xr[c])) - shift[c]
-            mean[c] += d
-            var[c] += d * d
+    _shifted_sums_rows(x, 0, R, shift, mean, var)
     inv_count = 1.0 / R
     for c in range(C):
         mean_d = mean[c] * inv_count
