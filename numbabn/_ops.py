@@ -79,7 +79,8 @@ class BatchNormCache:
     training : bool
         Whether the forward pass used batch statistics.
     mean, var, inv_std : array
-        The float64 statistics the forward pass used, ``(G, C)``, and ``1 / sqrt(var + eps)``.
+        The statistics the forward pass used, ``(G, C)`` (float64, or in inference the
+        weights' dtype), and ``1 / sqrt(var + eps)`` (float64).
     m_hi : array
         The mean in the input's arithmetic dtype: the centre of the backward's sums.
     affine : Affine
@@ -271,9 +272,8 @@ def train(eng, xc, layout, epsilon, affine, *, dx_dtype, out=None, dtype=None, w
     """:func:`statistics` then :func:`normalize` of a training call whose statistics are this
     batch's own (no mask, no collective, no renormalization): one fused kernel where the engine
     has one. Returns ``(y, cache)``; the statistics are ``cache._mean``, ``cache._var``."""
-    if layout.groups == 1:
-        fused = eng.train_small(xc, epsilon, affine,
-                                None if out is None else out.reshape(layout.canonical_shape), dtype)
+    if not layout.ghost:                 # a ghost group's statistics merge per sample
+        fused = eng.train_small(xc, epsilon, affine, _canonical_out(out, layout), dtype)
         if fused is not None:
             y, mean, var, inv_std, m_hi = fused
             return _restored(eng, y, out, layout), _cache(
@@ -306,7 +306,8 @@ def backward(eng, dy, cache, out=None):
     x = cache.x
     dyc = eng.canonical(dy, layout, compute_dtype(x.dtype))
     canonical_out = _canonical_out(out, layout)
-    if groups == 1 and cache.weights is None and cache.reduce_sums is None:
+    if (groups == 1 and not (training and layout.ghost) and cache.weights is None
+            and cache.reduce_sums is None):
         fused = eng.backward_small(x, dyc, cache._mean, cache.m_hi, cache._inv_std, cache.count,
                                    training, cache.affine, canonical_out, cache.dx_dtype)
         if fused is not None:

@@ -982,8 +982,9 @@ class BatchNormalization:
         affine = _ops.compose(eng, C, xc, self._flat("gamma", eng, copy=True),
                               self._flat("beta", eng))
         return _ops.normalize(
-            eng, xc, layout, self._flat("moving_mean", eng).reshape(1, C),
-            self._flat("moving_variance", eng).reshape(1, C), self.epsilon, affine,
+            # copies: the cache keeps the statistics of this call for the backward
+            eng, xc, layout, self._flat("moving_mean", eng, copy=True).reshape(1, C),
+            self._flat("moving_variance", eng, copy=True).reshape(1, C), self.epsilon, affine,
             training=False, dx_dtype=self._dx_dtype(x),
             out=self._output(layout, self._compute_dtype, "y", eng.DEVICE),
             dtype=self._compute_dtype, wrap=wrap)

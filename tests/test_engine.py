@@ -281,3 +281,42 @@ def fused_kernels_off():
         yield
     finally:
         engine.train_small, engine.infer_small, engine.backward_small = saved
+
+
+def test_an_inference_backward_uses_the_statistics_of_its_forward_call(rng):
+    """The layer's cache keeps the moving statistics it normalized with: assigning the weights
+    between the call and ``backward`` changes neither dx nor the gradients."""
+    import numbabn
+    x = rng.normal(2.0, 3.0, size=(64, 3)).astype(np.float32)
+    dy = rng.normal(size=x.shape).astype(np.float32)
+    layer = numbabn.BatchNormalization(momentum=0.0)
+    layer(x, training=True)
+    layer(x, training=False)
+    dx, grads = layer.backward(dy), dict(layer.grads)
+    layer(x, training=False)
+    layer.moving_mean.assign(layer.moving_mean.numpy() + 1.0)
+    layer.moving_variance.assign(layer.moving_variance.numpy() * 2.0)
+    layer.gamma.assign(layer.gamma.numpy() * 3.0)
+    np.testing.assert_array_equal(layer.backward(dy), dx)
+    for key in grads:
+        np.testing.assert_array_equal(layer.grads[key], grads[key])
+
+
+def test_an_infinite_gradient_gives_tensorflows_infinite_dgamma_in_inference():
+    x = np.array([[1.0], [2.0]], np.float32)
+    dy = np.array([[np.inf], [1.0]], np.float32)
+    _, cache = F.batch_norm_infer(x, mean=[0.1], variance=[1.0])
+    _, dgamma, _ = F.batch_norm_backward(dy, cache)
+    _, want, _ = R.backward_infer(dy, x, (1,), np.array([[0.1]]), np.array([[1.0]]), 1e-3)
+    np.testing.assert_array_equal(dgamma, want.reshape(-1))
+    assert np.isposinf(dgamma[0])
+
+
+@pytest.mark.parametrize("shape", [(16, 8), (256, 64)])
+def test_one_ghost_group_has_the_statistics_of_moments(shape, rng):
+    """virtual_batch_size == batch: one ghost group, merged per sample as moments() merges it."""
+    x = rng.normal(1000.0, 1.0, size=shape).astype(np.float32)
+    mean, var = F.moments(x, virtual_batch_size=shape[0])
+    _, cache = F.batch_norm_train(x, virtual_batch_size=shape[0])
+    np.testing.assert_array_equal(cache.mean, mean)
+    np.testing.assert_array_equal(cache.variance, var)

@@ -738,16 +738,18 @@ def gradient_coefficients(sum_dy, sum_dyxc, mean, m_hi, inv, count, training, ga
         dx     = k * (dy - sum_dy / n - xhat * sum(dy * xhat) / n)
         dgamma = scale * sum(dy * xhat) + shift * sum_dy
 
-    and in inference (the statistics are constants) ``dx = k * dy``.
+    and in inference (the statistics are constants, and there is no shift) ``dx = k * dy``,
+    ``dgamma = scale * sum(dy * xhat)``.
     """
     lo = mean - m_hi
     s_dyxc = sum_dyxc - lo * sum_dy                  # sum(dy * (x - mean))
     k = float64(gamma) * scale * inv
-    dgamma = scale * (s_dyxc * inv) + shift * sum_dy
+    dy_xhat = s_dyxc * inv
     if training:
         kx = -k * inv * inv * s_dyxc / count         # the xhat * sum(dy * xhat) / n term
-        return sum_dy / count, k, kx, -lo * kx, dgamma
-    return 0.0, k, 0.0, 0.0, dgamma
+        return sum_dy / count, k, kx, -lo * kx, scale * dy_xhat + shift * sum_dy
+    # inference has no shift (0 * an infinite sum_dy would be NaN where TensorFlow has inf)
+    return 0.0, k, 0.0, 0.0, scale * dy_xhat
 
 
 @njit(inline="always", error_model="numpy")
@@ -817,8 +819,9 @@ def renorm_correction(mean, var, renorm_mean, renorm_stddev, epsilon, rmin, rmax
 
 # ------------------------------------------------------------------------------------------------
 # small inputs in one call: a training loop's (256, 64) call is a few microseconds of arithmetic,
-# so each kernel launch and the Python between them would be most of its cost. One group,
-# channels last (``x[R, C]``), serial; the same arithmetic as the kernels above in the same order.
+# so each kernel launch and the Python between them would be most of its cost. No ghost batches,
+# channels last (``x[R, C]``, at most one reduction unit), serial; the formulas and the order of
+# the general kernels for such an input (one unit, no merge).
 
 _SMALL = dict(_SEQ, fastmath=_FASTMATH)
 
@@ -902,8 +905,8 @@ def backward_rows_small(x, dy, mean, m_hi, inv_std, count, training, gamma, scal
         dy_mean[c], k_dy[c], k_xc[c], k_0[c], part = gradient_coefficients(
             s1[c], s2[c], mean[0, c], float64(m[c]), inv_std[0, c], count, training, gamma[c],
             scale[c], shift[c])
-        dgamma[c] = 0.0 + part           # as grad_coefficients sums them: -0 becomes +0
-        dbeta[c] = 0.0 + s1[c]
+        dgamma[c] = part
+        dbeta[c] = s1[c]
     for r in range(R):
         xr, gr, dr = x[r], dy[r], dx[r]
         if training:
