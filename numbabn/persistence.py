@@ -44,7 +44,7 @@ def _umask():
 
 
 def save(layer, path):
-    """Write ``layer`` (built or not) to ``path`` atomically; see :meth:`BatchNormalization.save`."""
+    """Write ``layer`` (built or not) to ``path`` atomically (:meth:`BatchNormalization.save`)."""
     config = layer.get_config()
     try:
         text = json.dumps(config)

@@ -17,13 +17,18 @@ from numba import cuda
 from .. import _dtypes
 from . import kernels as K
 
-__all__ = ["DEVICE", "moments", "forward_coefficients", "affine", "grad_sums", "gradient_coefficients",
-           "grad_input", "train_small", "infer_small", "backward_small", "moving_averages",
-           "group_average",
-           "renorm_correction", "stddev", "variance_from_stddev", "adopt", "to_host", "to_device",
-           "constant", "canonical", "restore", "astype", "copy", "empty", "add_scaled", "assign", "as_vector", "stack",
-           "combine_moments", "sum_over_ranks", "weighted_average", "mask_weights",
-           "masked_moments"]
+__all__ = [  # the interface of numbabn/_engine.py
+    "DEVICE",
+    # primitives
+    "moments", "masked_moments", "group_average", "forward_coefficients", "affine", "grad_sums",
+    "gradient_coefficients", "grad_input", "train_small", "infer_small", "backward_small",
+    "renorm_correction", "moving_averages", "stddev", "variance_from_stddev",
+    # placement
+    "adopt", "to_host", "to_device", "constant", "canonical", "restore", "astype", "copy", "empty",
+    "add_scaled", "assign", "as_vector", "mask_weights",
+    # rank math (distributed.py)
+    "stack", "combine_moments", "sum_over_ranks", "weighted_average",
+]
 
 # the device name the dispatcher knows this engine by
 DEVICE = "cuda"
