@@ -227,12 +227,17 @@ def _affine_into(x, rows_per_sample, groups, m, a, b, out):
                                         min(x.shape[2], TASK_ELEMENTS), m, a, b, out)
 
 
+def _one_pass(x):
+    """Whether the fused small-input kernels take ``x``: a non-empty channels-last input of at
+    most ``SERIAL_ELEMENTS`` values."""
+    return x.ndim == 2 and 0 < x.size <= SERIAL_ELEMENTS
+
+
 def train_small(x, epsilon, affine, out=None, dtype=None):
     """:func:`moments`, :func:`forward_coefficients` and :func:`affine` of a one-group input in
     one kernel: ``(y, mean, var, inv_std, m_hi)``, or None where that kernel does not apply
-    (then the caller runs the three): a non-empty channels-last input of at most
-    ``SERIAL_ELEMENTS`` values."""
-    if x.ndim != 2 or not 0 < x.size <= SERIAL_ELEMENTS:
+    (then the caller runs the three): see :func:`_one_pass`."""
+    if not _one_pass(x):
         return None
     C = x.shape[1]
     arith = _arith(x.dtype)
@@ -250,7 +255,7 @@ def train_small(x, epsilon, affine, out=None, dtype=None):
 def infer_small(x, mean, var, epsilon, affine, out=None, dtype=None):
     """:func:`forward_coefficients` and :func:`affine` in one kernel: ``(y, inv_std, m_hi)``,
     or None where it does not apply (as for :func:`train_small`)."""
-    if x.ndim != 2 or not 0 < x.size <= SERIAL_ELEMENTS:
+    if not _one_pass(x):
         return None
     C = x.shape[1]
     arith = _arith(x.dtype)
@@ -266,7 +271,7 @@ def backward_small(x, dy, mean, m_hi, inv_std, count, training, affine, out=None
     """:func:`grad_sums`, :func:`gradient_coefficients` and :func:`grad_input` (or, in
     inference, :func:`affine` on ``dy``) of a one-group input in one kernel:
     ``(dx, dgamma, dbeta)``, or None where it does not apply (as for :func:`train_small`)."""
-    if x.ndim != 2 or not 0 < x.size <= SERIAL_ELEMENTS:
+    if not _one_pass(x):
         return None
     C = x.shape[1]
     arith = _arith(x.dtype)
@@ -375,12 +380,9 @@ def moving_averages(first, first_stat, second, second_stat, decay, second_scale=
     """In place ``moving -= (moving - stat) * decay`` for two weights of one dtype; the second
     statistic is multiplied by ``second_scale`` first (the fused path's Bessel correction)."""
     dtype = first.dtype
-    kernels.moving_averages(_flat(first), _flat(first_stat), _flat(second), _flat(second_stat),
-                            float(second_scale), dtype.type(decay), np.empty(1, dtype))
-
-
-def _flat(a):
-    return a if a.ndim == 1 else a.reshape(-1)
+    kernels.moving_averages(as_vector(first), as_vector(first_stat), as_vector(second),
+                            as_vector(second_stat), float(second_scale), dtype.type(decay),
+                            np.empty(1, dtype))
 
 
 def group_average(mean, var):
