@@ -41,7 +41,8 @@ class OutputPool:
         self._arrays = {}
 
     def take(self, shape, dtype, role):
-        key = (tuple(shape), np.dtype(dtype), role)
+        """An array of ``shape`` (a tuple) and ``dtype`` (a ``numpy.dtype``) for ``role``."""
+        key = (shape, dtype, role)
         arrays = self._arrays.get(key)
         if arrays is None:
             if len(self._arrays) >= self.max_keys:

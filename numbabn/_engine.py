@@ -94,8 +94,8 @@ class Primitives(Protocol):
         :meth:`forward_coefficients` and :meth:`affine` run)."""
 
     def infer_small(self, x, mean, var, epsilon, affine, out=None, dtype=None):
-        """``(y, inv_std, m_hi)``: :meth:`forward_coefficients` and :meth:`affine` in one
-        kernel, or None."""
+        """``(y, mean, var, inv_std, m_hi)``: :meth:`forward_coefficients` and :meth:`affine`
+        in one kernel, the given statistics returned as float64 copies, or None."""
 
     def backward_small(self, x, dy, mean, m_hi, inv_std, count, training, affine, out=None,
                        dtype=None):

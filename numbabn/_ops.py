@@ -253,6 +253,8 @@ def normalize(eng, xc, layout, mean, var, epsilon, affine, *, training, dx_dtype
     ``out`` when given (an array of the input's shape, for layouts without a transposition).
     ``dx_dtype`` is the dtype of the backward pass's ``dx``; ``count``, ``weights`` and
     ``reduce_sums`` describe the statistics (see :func:`statistics` and the Synchronizer).
+    In inference the cache keeps copies of ``mean`` and ``var`` (weights that later updates
+    change in place).
     """
     groups = layout.groups if training else 1
     canonical_out = _canonical_out(out, layout)
@@ -261,8 +263,10 @@ def normalize(eng, xc, layout, mean, var, epsilon, affine, *, training, dx_dtype
     if fused is None:
         inv_std, m_hi, a, b = eng.forward_coefficients(xc, mean, var, epsilon, affine)
         y = eng.affine(xc, layout.rows_per_sample, groups, m_hi, a, b, canonical_out, dtype)
+        if not training:                 # the cache keeps this call's statistics
+            mean, var = eng.copy(mean), eng.copy(var)
     else:
-        y, inv_std, m_hi = fused
+        y, mean, var, inv_std, m_hi = fused
     return _restored(eng, y, out, layout), _cache(
         eng, xc, layout, training, mean, var, inv_std, m_hi, affine, count, dx_dtype, weights,
         reduce_sums, wrap)

@@ -91,6 +91,18 @@ def _check_input_shape(input_shape):
     return tuple(None if d is None else int(d) for d in dims)
 
 
+class _Plan:
+    """What every call with one ``(shape, dtype, training, device)`` decides the same way,
+    decided once (after the shape has passed every check): the canonical layout, the dtype of
+    the backward's ``dx``, and whether the results may come from the output pool."""
+
+    __slots__ = ("layout", "dx_dtype", "pooled_y", "pooled_dx")
+
+    def __init__(self, layout, dx_dtype, pooled_y, pooled_dx):
+        self.layout, self.dx_dtype = layout, dx_dtype
+        self.pooled_y, self.pooled_dx = pooled_y, pooled_dx
+
+
 class BatchNormalization:
     """Batch normalization layer (Ioffe and Szegedy, 2015), as tf.compat.v1.keras defines it.
 
@@ -288,8 +300,8 @@ class BatchNormalization:
         self._input_spec = None
         self._fused_path = False
         self._cache = None
-        self._layouts = {}
-        self._valid_shapes = set()
+        self._pooled_dx = False
+        self._plans = {}                 # (shape, dtype, training, device) -> _Plan
         self._outputs = OutputPool()
         self.grads = {}
         self.built = False
@@ -439,8 +451,7 @@ class BatchNormalization:
         """Undo :meth:`build` (for a first call that failed after building)."""
         self._variables = {}
         self._input_spec = None
-        self._layouts.clear()
-        self._valid_shapes.clear()
+        self._plans.clear()
         self.axis = self._given_axis
         self._fused_path = False
         self.fused = self._fused_arg is not False
@@ -806,30 +817,33 @@ class BatchNormalization:
             raise ValueError("`mask` cannot be combined with `virtual_batch_size`. "
                              f"Received: a mask for layer {self.name!r} with "
                              f"virtual_batch_size={self.virtual_batch_size}")
-        checked = (x.shape, training)
-        if not (self.built and checked in self._valid_shapes):
-            self._check_call(x.shape, training)
+        key = (x.shape, x.dtype, training, device)
+        plan = self._plans.get(key) if self.built else None
         building = not self.built
-        if building:
-            self.build(x.shape)
+        if plan is None:
+            self._check_call(x.shape, training)
+            if building:
+                self.build(x.shape)
+            plan = self._plan(x, training, device)
         try:
             if training:
-                y, cache, commit = self._train(x, eng, wrap, mask)
+                y, cache, commit = self._train(x, eng, wrap, plan, mask)
             else:
-                y, cache = self._infer(x, eng, wrap)
+                y, cache = self._infer(x, eng, wrap, plan)
                 commit = None
             y = wrap(y)
         except BaseException:
             if building:                 # a failed first call leaves the layer as it found it
                 self._unbuild()
             raise
-        if len(self._valid_shapes) > 64:
-            self._valid_shapes.clear()
-        self._valid_shapes.add(checked)      # passed every check: skip them next time
+        if len(self._plans) > 64:
+            self._plans.clear()
+        self._plans[key] = plan          # passed every check: skip them next time
         if commit is not None:
             commit()                     # state changes only once everything has succeeded
         # straight into __dict__: these names are never weights (see __setattr__)
         self.__dict__["_cache"] = cache
+        self.__dict__["_pooled_dx"] = plan.pooled_dx
         if training:
             self.__dict__["grads"] = {}  # this call's gradients come with its backward
         return y
@@ -866,25 +880,22 @@ class BatchNormalization:
                     f"axis {a} of input shape to have value {dim}, but received input with "
                     f"shape {tuple(shape)}")
 
-    def _layout(self, shape, ghost):
-        key = (shape, ghost)
-        layout = self._layouts.get(key)
-        if layout is None:
-            if len(self._layouts) > 64:
-                self._layouts.clear()
-            layout = Layout(shape, self._axes, self.virtual_batch_size if ghost else None)
-            self._layouts[key] = layout
-        return layout
+    def _plan(self, x, training, device):
+        """The :class:`_Plan` of calls like this one (``x`` has passed :meth:`_check_call`)."""
+        layout = Layout(x.shape, self._axes,
+                        self.virtual_batch_size if training else None)
+        dx_dtype = (_dtypes.result(x.dtype) if _validate.is_float(x.dtype)
+                    else self._compute_dtype)
+        # only NumPy results are pooled: whether an array is free is read from its reference
+        # count, which a device array's owners (CuPy, a memory pool) do not reflect
+        pooled = device == _dispatch.CPU and layout.perm is None
+        return _Plan(layout, dx_dtype, pooled, pooled and dx_dtype == self._compute_dtype)
 
     def _flat(self, key, eng, copy=False):
         """Weight ``key`` as the flat vector the engine ``eng`` takes (None if absent); with
         ``copy``, one that the weight's later updates do not reach."""
         var = self._variables.get(key)
         return None if var is None else _ops.vector(eng, var.live(eng.DEVICE), copy)
-
-    def _dx_dtype(self, x):
-        """The backward's ``dx`` dtype: the input's floating dtype, else the compute dtype."""
-        return _dtypes.result(x.dtype) if _validate.is_float(x.dtype) else self._compute_dtype
 
     def _adjustment_factors(self, shape):
         """Call ``adjustment`` and reduce its outputs to per-feature ``(C,)`` vectors."""
@@ -909,11 +920,11 @@ class BatchNormalization:
             factors.append(np.ascontiguousarray(full).reshape(-1))
         return factors
 
-    def _train(self, x, eng, wrap, mask=None):
-        layout = self._layout(x.shape, self.virtual_batch_size is not None)
+    def _train(self, x, eng, wrap, plan, mask=None):
+        layout = plan.layout
         xc = _ops.canonical(eng, x, layout, self._compute_dtype)
         if mask is None and self._sync is None and not self.renorm:
-            return self._train_plain(x, xc, layout, eng, wrap)
+            return self._train_plain(x, xc, plan, eng, wrap)
         weights = None if mask is None else _ops.mask_weights(mask, layout, eng.DEVICE)
         mean, var, count = _ops.statistics(eng, xc, layout, weights)
         if weights is not None and self._sync is None:
@@ -940,8 +951,8 @@ class BatchNormalization:
                               self._flat("beta", eng), r, d, adj_scale, adj_bias)
         y, cache = _ops.normalize(
             eng, xc, layout, mean, var, self.epsilon, affine, training=True,
-            dx_dtype=self._dx_dtype(x), count=count, weights=weights, reduce_sums=reduce_sums,
-            out=self._output(layout, self._compute_dtype, "y", eng.DEVICE),
+            dx_dtype=plan.dx_dtype, count=count, weights=weights, reduce_sums=reduce_sums,
+            out=self._output(plan.pooled_y, layout, self._compute_dtype, "y"),
             dtype=self._compute_dtype, wrap=wrap)
         # ghost groups stay within a process: there only the group count says whether any
         # process held data
@@ -957,16 +968,17 @@ class BatchNormalization:
                 self._update_statistics(eng, batch_mean, batch_var, count)
         return y, cache, commit
 
-    def _train_plain(self, x, xc, layout, eng, wrap):
+    def _train_plain(self, x, xc, plan, eng, wrap):
         """A training call normalized by this batch's own statistics (no mask, no collective,
         no renormalization): the common case, fused for small inputs."""
+        layout = plan.layout
         adj_scale = adj_bias = None
         if self.adjustment is not None:
             adj_scale, adj_bias = self._adjustment_factors(x.shape)
         affine = _ops.compose(eng, layout.channels, xc, self._flat("gamma", eng, copy=True),
                               self._flat("beta", eng), adj_scale=adj_scale, adj_bias=adj_bias)
-        y, cache = _ops.train(eng, xc, layout, self.epsilon, affine, dx_dtype=self._dx_dtype(x),
-                              out=self._output(layout, self._compute_dtype, "y", eng.DEVICE),
+        y, cache = _ops.train(eng, xc, layout, self.epsilon, affine, dx_dtype=plan.dx_dtype,
+                              out=self._output(plan.pooled_y, layout, self._compute_dtype, "y"),
                               dtype=self._compute_dtype, wrap=wrap)
         if layout.count == 0:
             return y, cache, None        # an empty batch: no statistics
@@ -975,28 +987,23 @@ class BatchNormalization:
         mean, var = _ops.group_average(eng, cache._mean, cache._var)
         return y, cache, lambda: self._update_statistics(eng, mean, var, count)
 
-    def _infer(self, x, eng, wrap):
-        layout = self._layout(x.shape, False)
+    def _infer(self, x, eng, wrap, plan):
+        layout = plan.layout
         xc = _ops.canonical(eng, x, layout, self._compute_dtype)
         C = layout.channels
         affine = _ops.compose(eng, C, xc, self._flat("gamma", eng, copy=True),
                               self._flat("beta", eng))
         return _ops.normalize(
-            # copies: the cache keeps the statistics of this call for the backward
-            eng, xc, layout, self._flat("moving_mean", eng, copy=True).reshape(1, C),
-            self._flat("moving_variance", eng, copy=True).reshape(1, C), self.epsilon, affine,
-            training=False, dx_dtype=self._dx_dtype(x),
-            out=self._output(layout, self._compute_dtype, "y", eng.DEVICE),
+            eng, xc, layout, self._flat("moving_mean", eng).reshape(1, C),
+            self._flat("moving_variance", eng).reshape(1, C), self.epsilon, affine,
+            training=False, dx_dtype=plan.dx_dtype,
+            out=self._output(plan.pooled_y, layout, self._compute_dtype, "y"),
             dtype=self._compute_dtype, wrap=wrap)
 
-    def _output(self, layout, dtype, role, device):
-        """A reusable array for a result of ``layout``'s shape, or None to let the op allocate.
-
-        Only NumPy results are pooled: whether an array is free is read from its reference
-        count, which a device array's owners (CuPy, a memory pool) do not reflect.
-        """
-        if (not self.reuse_outputs or device != _dispatch.CPU or layout.perm is not None
-                or dtype != self._compute_dtype):
+    def _output(self, pooled, layout, dtype, role):
+        """A reusable array for a result of ``layout``'s shape, or None to let the op allocate
+        (``pooled``: whether the call's plan lets the result come from the pool)."""
+        if not (pooled and self.reuse_outputs):
             return None
         return self._outputs.take(layout.shape, dtype, role)
 
@@ -1081,7 +1088,7 @@ class BatchNormalization:
             raise ValueError(f"`dy` must have the shape of the last input {cache.layout.shape}. "
                              f"Received: dy with shape {tuple(dy.shape)}")
         dx, dgamma, dbeta = _ops.backward(
-            eng, dy, cache, out=self._output(cache.layout, cache.dx_dtype, "dx", device))
+            eng, dy, cache, out=self._output(self._pooled_dx, cache.layout, cache.dx_dtype, "dx"))
         if self._sync is not None and cache.training and cache.layout.ghost:
             dgamma, dbeta = self._sync.sums(eng, dgamma, dbeta)    # the whole batch's gradients
         grads = {}

@@ -93,7 +93,9 @@ def _result(shape, dtype, arith):
     """A new array for a kernel's output in ``dtype`` (``arith`` when None). The kernels write
     float16, bfloat16, float32 and float64 of native byte order; other dtypes are written in the
     arithmetic dtype (and cast by the caller)."""
-    dtype = arith if dtype is None else np.dtype(dtype)
+    if dtype is None or dtype == arith:
+        return np.empty(shape, arith)    # the common case, decided in one comparison
+    dtype = np.dtype(dtype)
     writable = (dtype.kind == "f" and dtype.itemsize in (2, 4, 8)) or _dtypes.is_bfloat16(dtype)
     return np.empty(shape, dtype if writable and dtype.isnative else arith)
 
@@ -253,18 +255,20 @@ def train_small(x, epsilon, affine, out=None, dtype=None):
 
 
 def infer_small(x, mean, var, epsilon, affine, out=None, dtype=None):
-    """:func:`forward_coefficients` and :func:`affine` in one kernel: ``(y, inv_std, m_hi)``,
-    or None where it does not apply (as for :func:`train_small`)."""
+    """:func:`forward_coefficients` and :func:`affine` in one kernel, with ``mean`` and ``var``
+    ``(1, C)`` weights: ``(y, mean, var, inv_std, m_hi)``, the statistics as float64 copies
+    (what a cache keeps), or None where it does not apply (as for :func:`train_small`)."""
     if not _one_pass(x):
         return None
     C = x.shape[1]
     arith = _arith(x.dtype)
-    inv_std = np.empty((1, C))
+    stats = np.empty((3, 1, C))                  # mean, var (copies), inv_std
     coefficients = np.empty((3, 1, C), arith)    # m_hi, a, b
     y = _result(x.shape, dtype, arith) if out is None else out
-    kernels.infer_rows_small(_raw(x), mean, var, epsilon, affine.gamma, affine.beta, affine.scale,
-                             affine.shift, inv_std, coefficients, _raw(y))
-    return (y if dtype is None or y.dtype == dtype else y.astype(dtype)), inv_std, coefficients[0]
+    kernels.infer_rows_small(_raw(x), as_vector(mean), as_vector(var), epsilon, affine.gamma,
+                             affine.beta, affine.scale, affine.shift, stats, coefficients, _raw(y))
+    return ((y if dtype is None or y.dtype == dtype else y.astype(dtype)), stats[0], stats[1],
+            stats[2], coefficients[0])
 
 
 def backward_small(x, dy, mean, m_hi, inv_std, count, training, affine, out=None, dtype=None):
@@ -379,10 +383,8 @@ def _grad_input_into(x, dy, rows_per_sample, groups, weights, m_hi, dy_mean, k_d
 def moving_averages(first, first_stat, second, second_stat, decay, second_scale=1.0):
     """In place ``moving -= (moving - stat) * decay`` for two weights of one dtype; the second
     statistic is multiplied by ``second_scale`` first (the fused path's Bessel correction)."""
-    dtype = first.dtype
     kernels.moving_averages(as_vector(first), as_vector(first_stat), as_vector(second),
-                            as_vector(second_stat), float(second_scale), dtype.type(decay),
-                            np.empty(1, dtype))
+                            as_vector(second_stat), float(second_scale), float(decay))
 
 
 def group_average(mean, var):

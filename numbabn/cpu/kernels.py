@@ -876,10 +876,15 @@ def train_rows_small(x, epsilon, gamma, beta, scale, shift, stats, coefficients,
 
 
 @njit(**_SMALL)
-def infer_rows_small(x, mean, var, epsilon, gamma, beta, scale, shift, inv_std, coefficients, y):
-    """Coefficients and ``y`` of ``x[R, C]`` with given statistics ``(1, C)`` in one call
-    (``coefficients``: m_hi, a, b, ``(3, 1, C)``)."""
-    _rows_normalize(x, mean[0], var[0], epsilon, gamma, beta, scale, shift, inv_std[0],
+def infer_rows_small(x, mean, var, epsilon, gamma, beta, scale, shift, stats, coefficients, y):
+    """Coefficients and ``y`` of ``x[R, C]`` with given statistics ``mean``, ``var`` ``(C,)``
+    in one call. Fills ``stats`` (float64 ``(3, 1, C)``: copies of mean and var, inv_std) and
+    ``coefficients`` (``(3, 1, C)``: m_hi, a, b)."""
+    kept_mean, kept_var = stats[0, 0], stats[1, 0]
+    for c in range(mean.shape[0]):
+        kept_mean[c] = mean[c]
+        kept_var[c] = var[c]
+    _rows_normalize(x, mean, var, epsilon, gamma, beta, scale, shift, stats[2, 0],
                     coefficients[0, 0], coefficients[1, 0], coefficients[2, 0], y)
 
 
@@ -919,17 +924,26 @@ def backward_rows_small(x, dy, mean, m_hi, inv_std, count, training, gamma, scal
 
 
 @njit(**_SEQ)
-def moving_averages(first, first_stat, second, second_stat, second_scale, decay, rounded):
+def moving_averages(first, first_stat, second, second_stat, second_scale, decay):
     """In place, for two weights at once: ``moving -= (moving - stat) * decay``, the second
     statistic multiplied by ``second_scale`` first.
 
-    Each statistic is rounded to the weights' dtype first (through the one-element scratch
-    ``rounded``) and ``decay`` has that dtype, so the update rounds like Keras' (which runs it
-    in the variable's dtype).
+    ``decay`` and each statistic are rounded to the weights' dtype first (by storing them into
+    the weight, which holds that dtype, and reading them back), so the update rounds like
+    Keras' (which runs it in the variable's dtype).
     """
+    if first.shape[0] == 0 and second.shape[0] == 0:
+        return
+    w = first if first.shape[0] else second
+    old = w[0]
+    w[0] = decay
+    decay_r = w[0]                       # decay in the weights' dtype
+    w[0] = old
     for c in range(first.shape[0]):
-        rounded[0] = first_stat[c]
-        first[c] -= (first[c] - rounded[0]) * decay
+        old = first[c]
+        first[c] = first_stat[c]
+        first[c] = old - (old - first[c]) * decay_r
     for c in range(second.shape[0]):
-        rounded[0] = second_stat[c] * second_scale
-        second[c] -= (second[c] - rounded[0]) * decay
+        old = second[c]
+        second[c] = second_stat[c] * second_scale
+        second[c] = old - (old - second[c]) * decay_r
