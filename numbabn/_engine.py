@@ -40,8 +40,8 @@ class Placement(Protocol):
     def astype(self, x, dtype):
         """``x`` in ``dtype`` (itself when it already is)."""
 
-    def copy(self, x):
-        """A new array of ``x``'s values."""
+    def copy(self, x, like=None):
+        """A new array of ``x``'s values (queued with ``like``'s work when given)."""
 
     def empty(self, shape, dtype, like=None):
         """A new uninitialized array."""

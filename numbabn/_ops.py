@@ -193,11 +193,12 @@ def canonical(eng, x, layout, dtype):
     return eng.canonical(x, layout, dtype)
 
 
-def vector(eng, a, copy=False):
+def vector(eng, a, copy_for=None):
     """A per-feature array (a weight) as the flat vector the kernels take: a view, or with
-    ``copy`` a copy that later updates of the weight do not reach (what a cache keeps)."""
+    ``copy_for`` (the call's input) a copy, ordered with that call's work, that later updates
+    of the weight do not reach (what a cache keeps)."""
     v = eng.as_vector(a)
-    return eng.copy(v) if copy else v
+    return v if copy_for is None else eng.copy(v, copy_for)
 
 
 def to_device(eng, values, like):
@@ -264,7 +265,7 @@ def normalize(eng, xc, layout, mean, var, epsilon, affine, *, training, dx_dtype
         inv_std, m_hi, a, b = eng.forward_coefficients(xc, mean, var, epsilon, affine)
         y = eng.affine(xc, layout.rows_per_sample, groups, m_hi, a, b, canonical_out, dtype)
         if not training:                 # the cache keeps this call's statistics
-            mean, var = eng.copy(mean), eng.copy(var)
+            mean, var = eng.copy(mean, xc), eng.copy(var, xc)
     else:
         y, mean, var, inv_std, m_hi = fused
     return _restored(eng, y, out, layout), _cache(

@@ -891,11 +891,11 @@ class BatchNormalization:
         pooled = device == _dispatch.CPU and layout.perm is None
         return _Plan(layout, dx_dtype, pooled, pooled and dx_dtype == self._compute_dtype)
 
-    def _flat(self, key, eng, copy=False):
+    def _flat(self, key, eng, copy_for=None):
         """Weight ``key`` as the flat vector the engine ``eng`` takes (None if absent); with
-        ``copy``, one that the weight's later updates do not reach."""
+        ``copy_for`` (the call's input), one that the weight's later updates do not reach."""
         var = self._variables.get(key)
-        return None if var is None else _ops.vector(eng, var.live(eng.DEVICE), copy)
+        return None if var is None else _ops.vector(eng, var.live(eng.DEVICE), copy_for)
 
     def _adjustment_factors(self, shape):
         """Call ``adjustment`` and reduce its outputs to per-feature ``(C,)`` vectors."""
@@ -947,7 +947,7 @@ class BatchNormalization:
                 self.renorm_clipping)
         if self.adjustment is not None:
             adj_scale, adj_bias = self._adjustment_factors(x.shape)
-        affine = _ops.compose(eng, layout.channels, xc, self._flat("gamma", eng, copy=True),
+        affine = _ops.compose(eng, layout.channels, xc, self._flat("gamma", eng, xc),
                               self._flat("beta", eng), r, d, adj_scale, adj_bias)
         y, cache = _ops.normalize(
             eng, xc, layout, mean, var, self.epsilon, affine, training=True,
@@ -975,7 +975,7 @@ class BatchNormalization:
         adj_scale = adj_bias = None
         if self.adjustment is not None:
             adj_scale, adj_bias = self._adjustment_factors(x.shape)
-        affine = _ops.compose(eng, layout.channels, xc, self._flat("gamma", eng, copy=True),
+        affine = _ops.compose(eng, layout.channels, xc, self._flat("gamma", eng, xc),
                               self._flat("beta", eng), adj_scale=adj_scale, adj_bias=adj_bias)
         y, cache = _ops.train(eng, xc, layout, self.epsilon, affine, dx_dtype=plan.dx_dtype,
                               out=self._output(plan.pooled_y, layout, self._compute_dtype, "y"),
@@ -991,7 +991,7 @@ class BatchNormalization:
         layout = plan.layout
         xc = _ops.canonical(eng, x, layout, self._compute_dtype)
         C = layout.channels
-        affine = _ops.compose(eng, C, xc, self._flat("gamma", eng, copy=True),
+        affine = _ops.compose(eng, C, xc, self._flat("gamma", eng, xc),
                               self._flat("beta", eng))
         return _ops.normalize(
             eng, xc, layout, self._flat("moving_mean", eng).reshape(1, C),

@@ -476,7 +476,7 @@ def astype(x, dtype):
     return x.astype(dtype, copy=False)
 
 
-def copy(x):
+def copy(x, like=None):
     return x.copy()
 
 

@@ -277,10 +277,13 @@ def astype(x, dtype):
     return x if x.dtype == np.dtype(dtype) else _cast(x, np.dtype(dtype))
 
 
-def copy(x):
-    out = _empty(x.shape, x.dtype, x)
+def copy(x, like=None):
+    """A new array of ``x``'s values, queued on ``like``'s stream when given (a weight's copy
+    for a call on another stream is ordered with that call's kernels), else on ``x``'s."""
+    like = x if like is None else like
+    out = _empty(x.shape, x.dtype, like)
     if x.size:
-        out.copy_to_device(x, stream=_stream(x))
+        out.copy_to_device(x, stream=_stream(like))
     return out
 
 
