@@ -265,7 +265,7 @@ def infer_small(x, mean, var, epsilon, affine, out=None, dtype=None):
     stats = np.empty((3, 1, C))                  # mean, var (copies), inv_std
     coefficients = np.empty((3, 1, C), arith)    # m_hi, a, b
     y = _result(x.shape, dtype, arith) if out is None else out
-    kernels.infer_rows_small(_raw(x), as_vector(mean), as_vector(var), epsilon, affine.gamma,
+    kernels.infer_rows_small(_raw(x), mean, var, epsilon, affine.gamma,
                              affine.beta, affine.scale, affine.shift, stats, coefficients, _raw(y))
     return ((y if dtype is None or y.dtype == dtype else y.astype(dtype)), stats[0], stats[1],
             stats[2], coefficients[0])

@@ -877,9 +877,10 @@ def train_rows_small(x, epsilon, gamma, beta, scale, shift, stats, coefficients,
 
 @njit(**_SMALL)
 def infer_rows_small(x, mean, var, epsilon, gamma, beta, scale, shift, stats, coefficients, y):
-    """Coefficients and ``y`` of ``x[R, C]`` with given statistics ``mean``, ``var`` ``(C,)``
+    """Coefficients and ``y`` of ``x[R, C]`` with given statistics ``mean``, ``var`` ``(1, C)``
     in one call. Fills ``stats`` (float64 ``(3, 1, C)``: copies of mean and var, inv_std) and
     ``coefficients`` (``(3, 1, C)``: m_hi, a, b)."""
+    mean, var = mean[0], var[0]
     kept_mean, kept_var = stats[0, 0], stats[1, 0]
     for c in range(mean.shape[0]):
         kept_mean[c] = mean[c]
