@@ -515,41 +515,26 @@ def combine_moments(gathered):
     skipped (their mean is undefined).
     """
     P, _, C = gathered.shape
-    n_a = 0.0
-    mean = np.zeros(C)
-    m2 = np.zeros(C)
-    for p in range(P):
-        n_b, mean_b, m2_b = gathered[p, 0, 0], gathered[p, 1], gathered[p, 2]
-        if n_b == 0:
-            continue
-        n = n_a + n_b
-        delta = mean_b - mean
-        mean = mean + delta * (n_b / n)
-        m2 = m2 + m2_b + delta * delta * (n_a * n_b / n)
-        n_a = n
-    var = m2 / n_a if n_a else np.full(C, np.nan)
-    return mean[None], var[None], int(n_a)
+    mean, var = np.empty((1, C)), np.empty((1, C))
+    kernels.combine_ranks(gathered, mean, var)
+    return mean, var, int(gathered[:, 0, 0].sum()) if C else 0
 
 
 def sum_over_ranks(gathered):
     """``gathered[P, k, n]`` summed over ranks in rank order: ``(k, n)``."""
-    out = np.zeros(gathered.shape[1:])
-    for p in range(gathered.shape[0]):
-        out += gathered[p]
+    P, k, n = gathered.shape
+    out = np.empty((k, n))
+    kernels.sum_ranks(gathered.reshape(P, k * n), out.reshape(-1))
     return out
 
 
 def weighted_average(gathered):
     """Rows ``gathered[P, 1 + k, n]`` of (weight, k values): ``sum(w * v) / sum(w)`` over ranks
     in rank order, ``(k, n)``; ranks of weight 0 are skipped."""
-    total = np.zeros(gathered.shape[1:])
-    for p in range(gathered.shape[0]):
-        w = gathered[p, 0]
-        if np.any(w):
-            total[0] += w
-            total[1:] += w * gathered[p, 1:]
-    with np.errstate(invalid="ignore"):      # no weight at all: NaN, for the caller to see
-        return total[1:] / total[0]
+    P, rows, n = gathered.shape
+    out = np.empty((rows - 1, n))
+    kernels.weighted_average(gathered, out)
+    return out
 
 
 # ------------------------------------------------------------------------------------------------

@@ -809,6 +809,55 @@ def grad_coefficients(sum_dy, sum_dyxc, mean, m_hi, inv_std, count, training, ga
         dbeta[c] = db
 
 
+# ------------------------------------------------------------------------------------------------
+# across processes: per-rank rows combined in rank order (the same bits on every rank)
+
+
+@njit(**_SEQ)
+def combine_ranks(gathered, mean, var):
+    """Chan-merge ``gathered[P, 3, C]`` rows of (count, mean, M2) per feature, rank by rank;
+    ranks with no values are skipped."""
+    P, _, C = gathered.shape
+    for c in range(C):
+        n, m, m2 = 0.0, 0.0, 0.0
+        for p in range(P):
+            n, m, m2 = chan_merge(n, m, m2, gathered[p, 0, c], gathered[p, 1, c],
+                                  gathered[p, 2, c])
+        mean[0, c] = m if n > 0.0 else math.nan
+        var[0, c] = m2 / n if n > 0.0 else math.nan
+
+
+@njit(**_SEQ)
+def sum_ranks(gathered, out):
+    """``out[i] = sum over p of gathered[p, i]``, in rank order."""
+    for i in range(out.shape[0]):
+        total = 0.0
+        for p in range(gathered.shape[0]):
+            total += gathered[p, i]
+        out[i] = total
+
+
+@njit(inline="always", error_model="numpy")
+def rank_weighted_mean(gathered, j, i):
+    """``sum_p w_p * v_p / sum_p w_p`` of value row ``j`` at ``i``, for rows ``gathered[p] =
+    (w, v_1 .. v_k)``; ranks of weight 0 are skipped (their values may be undefined)."""
+    weight, total = 0.0, 0.0
+    for p in range(gathered.shape[0]):
+        w = gathered[p, 0, i]
+        if w != 0.0:
+            weight += w
+            total += w * gathered[p, j + 1, i]
+    return total / weight
+
+
+@njit(**_SEQ)
+def weighted_average(gathered, out):
+    """:func:`rank_weighted_mean` of every value row and column into ``out[k, n]``."""
+    for j in range(out.shape[0]):
+        for i in range(out.shape[1]):
+            out[j, i] = rank_weighted_mean(gathered, j, i)
+
+
 @njit(**_SEQ)
 def renorm_correction(mean, var, renorm_mean, renorm_stddev, epsilon, rmin, rmax, dmax, r, d):
     """:func:`renorm_factors` of every feature into ``r`` and ``d`` (float64 ``(C,)``)."""

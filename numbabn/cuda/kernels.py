@@ -54,6 +54,7 @@ def _device_function(formula):
 
 
 _chan = _device_function(cpu_kernels.chan_merge)
+_rank_weighted_mean = _device_function(cpu_kernels.rank_weighted_mean)
 
 
 @cuda.jit(device=True, inline=True)
@@ -703,20 +704,13 @@ def sum_ranks(gathered, out):
 
 @cuda.jit
 def weighted_average(gathered, out):
-    """``out[j, i] = sum_p w_p * v_p / sum_p w_p`` for rows ``gathered[p] = (w, v_1 .. v_k)``;
-    ranks of weight 0 are skipped (their values may be undefined)."""
-    P, rows, n = gathered.shape
+    """:func:`~numbabn.cpu.kernels.rank_weighted_mean` of every value row and column into
+    ``out[k, n]``, one thread each."""
     t = cuda.grid(1)
-    if t < (rows - 1) * n:
-        j = t // n
-        i = t - j * n
-        weight, total = 0.0, 0.0
-        for p in range(P):
-            w = gathered[p, 0, i]
-            if w != 0.0:
-                weight += w
-                total += w * gathered[p, j + 1, i]
-        out[j, i] = total / weight
+    if t < out.shape[0] * out.shape[1]:
+        j = t // out.shape[1]
+        i = t - j * out.shape[1]
+        out[j, i] = _rank_weighted_mean(gathered, j, i)
 
 
 # ------------------------------------------------------------------------------------------------
