@@ -820,7 +820,8 @@ class BatchNormalization:
         key = (x.shape, x.dtype, training, device)
         plan = self._plans.get(key) if self.built else None
         building = not self.built
-        if plan is None:
+        planned = plan is not None
+        if not planned:
             self._check_call(x.shape, training)
             if building:
                 self.build(x.shape)
@@ -836,9 +837,10 @@ class BatchNormalization:
             if building:                 # a failed first call leaves the layer as it found it
                 self._unbuild()
             raise
-        if len(self._plans) > 64:
-            self._plans.clear()
-        self._plans[key] = plan          # passed every check: skip them next time
+        if not planned:                  # passed every check: skip them next time
+            if len(self._plans) > 64:
+                self._plans.clear()
+            self._plans[key] = plan
         if commit is not None:
             commit()                     # state changes only once everything has succeeded
         # straight into __dict__: these names are never weights (see __setattr__)

@@ -111,7 +111,7 @@ class Variable:
         True
         """
         if device == _dispatch.CPU:
-            return self.value
+            return self.value if self._on_device else self._host
         if not self._on_device:
             self._device = _dispatch.engine(device).to_device(self._host)
             self._on_device = True
