@@ -416,3 +416,35 @@ def test_a_training_call_clears_the_previous_gradients(rng):
     assert layer.grads == {}
     layer.backward(x)
     assert sorted(layer.grads) == ["beta", "gamma"]
+
+
+def test_calls_of_every_plan_interleaved_match_the_reference(rng):
+    """One layer called with alternating batch sizes, dtypes and modes (each its own memoized
+    call plan, small fused and large kernels mixed) gives each call the reference's output and
+    gradient, and moving statistics that follow every training call in order."""
+    momentum, eps = 0.9, 1e-3
+    layer = BN(momentum=momentum, epsilon=eps, fused=False)
+    C = 8
+    moving_mean, moving_var = np.zeros(C), np.ones(C)
+    calls = [(256, np.float32, True), (256, np.float32, False), (5000, np.float32, True),
+             (256, np.float64, True), (5000, np.float32, False), (256, np.float32, True),
+             (256, np.float64, False), (5000, np.float32, True), (256, np.float32, False)]
+    for rows, dtype, training in calls * 2:
+        x = rng.normal(1.5, 2.0, size=(rows, C)).astype(dtype)
+        dy = rng.normal(size=(rows, C)).astype(dtype)
+        y = layer(x, training=training)
+        dx = layer.backward(dy)
+        if training:
+            want, mean, var = R.forward_train(x, [1], eps)
+            want_dx = R.backward_train(dy, x, [1], eps)[0]
+            moving_mean = R.moving_update(moving_mean, mean.ravel(), momentum)
+            moving_var = R.moving_update(moving_var, var.ravel(), momentum)
+        else:
+            want = R.forward_infer(x, moving_mean, moving_var, eps)
+            want_dx = R.backward_infer(dy, x, [1], moving_mean, moving_var, eps)[0]
+        label = f"rows={rows} {np.dtype(dtype).name} training={training}"
+        assert y.dtype == np.float32 and dx.dtype == x.dtype, label   # dx: the input's dtype
+        assert_close(y, want, dtype=np.float32, scale=4, err_msg=label)
+        assert_close(dx, want_dx, dtype=np.float32, scale=4, err_msg=label)
+        assert_close(layer.moving_mean.value, moving_mean, dtype=np.float32, err_msg=label)
+        assert_close(layer.moving_variance.value, moving_var, dtype=np.float32, err_msg=label)
