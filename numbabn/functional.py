@@ -44,14 +44,27 @@ def _prepare(x, axis, virtual_batch_size=None):
     otherwise) and the function that turns engine arrays into ``x``'s kind."""
     x, device, eng, wrap = _ops.adopt(x, "x")
     result_dtype = _dtypes.result(np.dtype(x.dtype))
-    axes = _validate.resolve_axes(axis, x.ndim)
-    virtual_batch_size = _validate.check_virtual_batch_size(virtual_batch_size)
-    if virtual_batch_size is not None:
-        _validate.check_ghost_axes(axes, list(axes))
-        _validate.check_ghost_batch(virtual_batch_size, x.shape)
-    layout = Layout(x.shape, axes, virtual_batch_size)
+    # a loop calls with the same shape and arguments: their checks and layout are memoized,
+    # for the plain types only (an exact int is never a bool, whose key would equal 0 or 1's)
+    key = ((x.shape, axis, virtual_batch_size) if type(axis) is int
+           and type(virtual_batch_size) in (int, type(None)) else None)
+    layout = _LAYOUTS.get(key) if key is not None else None
+    if layout is None:
+        axes = _validate.resolve_axes(axis, x.ndim)
+        virtual_batch_size = _validate.check_virtual_batch_size(virtual_batch_size)
+        if virtual_batch_size is not None:
+            _validate.check_ghost_axes(axes, list(axes))
+            _validate.check_ghost_batch(virtual_batch_size, x.shape)
+        layout = Layout(x.shape, axes, virtual_batch_size)
+        if key is not None:
+            if len(_LAYOUTS) > 64:
+                _LAYOUTS.clear()
+            _LAYOUTS[key] = layout
     return (_ops.canonical(eng, x, layout, compute_dtype(x.dtype)), layout, eng, result_dtype,
             wrap)
+
+
+_LAYOUTS = {}                # (shape, axis, virtual_batch_size) -> Layout of a checked call
 
 
 def _check_not_empty(layout):

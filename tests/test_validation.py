@@ -929,3 +929,20 @@ def test_epsilon_zero_gives_ieee_results(shape, axis, backend, rng):
     y_f, cache = F.batch_norm_train(backend.to(x), axis=axis, epsilon=0.0)
     assert np.isnan(backend.host(y_f)[tuple(index)]).all()
     F.batch_norm_backward(backend.to(dy), cache)
+
+
+def test_functional_checks_hold_after_a_memoized_call():
+    """A valid call's checks are memoized per (shape, axis, virtual_batch_size); arguments whose
+    keys compare equal to a memoized one's (a bool axis, a float batch size) are still refused,
+    and the memoized layout still serves other shapes' checks."""
+    x = np.ones((8, 3), np.float32)
+    F.batch_norm_train(x, axis=1)
+    F.batch_norm_train(x, axis=1, virtual_batch_size=2)
+    with pytest.raises(TypeError, match="axis"):
+        F.batch_norm_train(x, axis=True)
+    with pytest.raises(TypeError, match="virtual_batch_size"):
+        F.batch_norm_train(x, axis=1, virtual_batch_size=2.0)
+    with pytest.raises(ValueError, match="virtual_batch_size"):
+        F.batch_norm_train(np.ones((6, 3), np.float32), axis=1, virtual_batch_size=4)
+    with pytest.raises(ValueError, match="axis"):
+        F.batch_norm_infer(np.ones((8,), np.float32), 0.0, 1.0, axis=1)
