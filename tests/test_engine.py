@@ -7,6 +7,7 @@ and exercise the cross-unit merges.
 """
 import contextlib
 
+import ml_dtypes
 import numba
 import numpy as np
 import pytest
@@ -320,3 +321,23 @@ def test_one_ghost_group_has_the_statistics_of_moments(shape, rng):
     _, cache = F.batch_norm_train(x, virtual_batch_size=shape[0])
     np.testing.assert_array_equal(cache.mean, mean)
     np.testing.assert_array_equal(cache.variance, var)
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16", "float32", "float64"])
+@pytest.mark.parametrize("channels", [3, 64, 128, 129, 256, 257, 512, 513])
+@pytest.mark.parametrize("rows", [1, 3, 6, 1027])
+def test_channels_last_statistics_of_every_row_width(dtype, channels, rows, rng):
+    """The statistics loop takes four, two or one row per step by the row's width in bytes, and
+    asks for rows further ahead on wide ones: every width, with row counts that leave each
+    remainder, in one unit (the small path) and in many, matches the float64 reference."""
+    x = rng.normal(3.0, 2.0, size=(rows, channels)).astype(np.float32)
+    x = x.astype(ml_dtypes.bfloat16 if dtype == "bfloat16" else dtype)
+    ref = x.astype(np.float64)
+    for units in [(1 << 16, 1 << 14), (4096, 1024)]:
+        with unit_sizes(*units):
+            mean, var = F.moments(x)
+        rtol = STATS_RTOL[np.dtype(np.float64 if dtype == "float64" else np.float32)]
+        np.testing.assert_allclose(mean, ref.mean(axis=0), rtol=rtol, atol=1e-12,
+                                   err_msg=f"mean, units {units}")
+        np.testing.assert_allclose(var, ref.var(axis=0), rtol=rtol, atol=1e-12,
+                                   err_msg=f"var, units {units}")

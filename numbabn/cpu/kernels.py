@@ -34,6 +34,7 @@ from types import FunctionType
 import numpy as np
 from llvmlite import ir
 from numba import float64, njit, prange, types
+from numba.core import cgutils
 from numba.extending import intrinsic, overload
 
 # Vectorizing a float reduction needs reassociation; nnan/ninf stay off so NaN propagates.
@@ -221,24 +222,86 @@ def _plane_task(t, channels, chunks):
 # moments: per-unit shifted sums, then a Chan merge per group
 
 
+@intrinsic
+def prefetch(typingctx, a, i, j):
+    """Hint that ``a[i, j]`` (in bounds) will be read soon: LLVM's prefetch into every cache
+    level. It changes no value, and compiles to nothing where the target has no such hint."""
+    def codegen(context, builder, signature, args):
+        array_type = signature.args[0]
+        array = context.make_array(array_type)(context, builder, args[0])
+        pointer = cgutils.get_item_pointer(context, builder, array_type, array, args[1:],
+                                           wraparound=False, boundscheck=False)
+        byte_pointer = ir.IntType(8).as_pointer()
+        hint = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(ir.VoidType(), [byte_pointer] + [_I32] * 3),
+            "llvm.prefetch.p0i8")
+        # read (0), keep in all levels (3), data cache (1)
+        builder.call(hint, [builder.bitcast(pointer, byte_pointer), ir.Constant(_I32, 0),
+                            ir.Constant(_I32, 3), ir.Constant(_I32, 1)])
+        return context.get_dummy_value()
+    return types.void(a, types.intp, types.intp), codegen
+
+
+# How far ahead a row loop asks for its input. The statistics loop computes enough per value
+# (float64 differences, squares and sums) that the hardware prefetchers alone keep too few cache
+# lines in flight for the memory to stay busy; asking 16 KB ahead doubled it on 128-wide rows.
+PREFETCH_BYTES = 1 << 14
+
+
 @njit(inline="always")
-def _shifted_sums_rows(x, r0, count, shift, s1, s2):
+def _prefetch_rows(x, r, rows):
+    """Hint every cache line of rows ``r .. r + rows - 1`` of ``x[R, C]`` (clamped to ``R``)."""
+    R, C = x.shape
+    line = max(1, 64 // x.itemsize)
+    for q in range(min(r, R), min(r + rows, R)):
+        for c in range(0, C, line):
+            prefetch(x, q, c)
+
+
+@njit(inline="always")
+def _shifted_sums_rows(x, r0, count, shift, s1, s2, ahead):
     """Add ``x[r] - shift`` and its square, over rows ``r0 .. r0 + count``, into ``s1`` and
-    ``s2`` (float64). Four rows at a time: the accumulators are read and written once per four
-    values, which is what bounds this loop (not the reads of ``x``)."""
+    ``s2`` (float64), asking for rows ``ahead`` bytes further on as it goes (0: no hints, for
+    input already in the caches).
+
+    Several rows share one read and write of the accumulators, as many as fit in about 2 KB
+    (four 128-float rows, two 256-float rows, one 512-float row): with more, the row loop got
+    slower, by 1.3x on 256-float rows.
+    """
     C = x.shape[1]
-    full = count - count % 4
-    for j in range(r0, r0 + full, 4):
-        xa, xb, xc, xd = x[j], x[j + 1], x[j + 2], x[j + 3]
-        for c in range(C):
-            sh = shift[c]
-            da = np.float64(widen(xa[c])) - sh
-            db = np.float64(widen(xb[c])) - sh
-            dc = np.float64(widen(xc[c])) - sh
-            dd = np.float64(widen(xd[c])) - sh
-            s1[c] += (da + db) + (dc + dd)
-            s2[c] += (da * da + db * db) + (dc * dc + dd * dd)
+    row_bytes = C * x.itemsize
+    step = 4 if row_bytes <= 512 else 2 if row_bytes <= 1024 else 1
+    # narrower rows were as fast or faster without the hints (one long stream the hardware
+    # prefetchers follow)
+    rows_ahead = ahead // row_bytes if ahead and row_bytes >= 512 else 0
+    full = count - count % step if step > 1 else 0     # rows the unrolled loops take
+    if step == 4:
+        for j in range(r0, r0 + full, 4):
+            if rows_ahead:
+                _prefetch_rows(x, j + rows_ahead, 4)
+            xa, xb, xc, xd = x[j], x[j + 1], x[j + 2], x[j + 3]
+            for c in range(C):
+                sh = shift[c]
+                da = np.float64(widen(xa[c])) - sh
+                db = np.float64(widen(xb[c])) - sh
+                dc = np.float64(widen(xc[c])) - sh
+                dd = np.float64(widen(xd[c])) - sh
+                s1[c] += (da + db) + (dc + dd)
+                s2[c] += (da * da + db * db) + (dc * dc + dd * dd)
+    elif step == 2:
+        for j in range(r0, r0 + full, 2):
+            if rows_ahead:
+                _prefetch_rows(x, j + rows_ahead, 2)
+            xa, xb = x[j], x[j + 1]
+            for c in range(C):
+                sh = shift[c]
+                da = np.float64(widen(xa[c])) - sh
+                db = np.float64(widen(xb[c])) - sh
+                s1[c] += da + db
+                s2[c] += da * da + db * db
     for j in range(r0 + full, r0 + count):
+        if rows_ahead:
+            _prefetch_rows(x, j + rows_ahead, 1)
         xr = x[j]
         for c in range(C):
             d = np.float64(widen(xr[c])) - shift[c]
@@ -268,7 +331,7 @@ def unit_moments_rows(x, rows_per_sample, block, u_mean, u_m2, shifts):
             shift[c] = widen(x0[c])
         s1[:] = 0.0
         s2[:] = 0.0
-        _shifted_sums_rows(x, r0, count, shift, s1, s2)
+        _shifted_sums_rows(x, r0, count, shift, s1, s2, PREFETCH_BYTES)
         inv_count = 1.0 / count
         for c in range(C):
             mean_d = s1[c] * inv_count
@@ -885,7 +948,7 @@ def _rows_moments(x, mean, var, shift):
         shift[c] = widen(x0[c])
         mean[c] = 0.0
         var[c] = 0.0
-    _shifted_sums_rows(x, 0, R, shift, mean, var)
+    _shifted_sums_rows(x, 0, R, shift, mean, var, 0)    # small: in the caches already
     inv_count = 1.0 / R
     for c in range(C):
         mean_d = mean[c] * inv_count
