@@ -341,3 +341,20 @@ def test_channels_last_statistics_of_every_row_width(dtype, channels, rows, rng)
                                    err_msg=f"mean, units {units}")
         np.testing.assert_allclose(var, ref.var(axis=0), rtol=rtol, atol=1e-12,
                                    err_msg=f"var, units {units}")
+
+
+@pytest.mark.parametrize("dtype", ["float16", "float32", "float64"])
+@pytest.mark.parametrize("channels", [128, 129, 256, 513])
+def test_wide_rows_train_and_backward_match_the_reference(dtype, channels, rng):
+    """The row passes that ask for their input ahead (rows of 512 B and more) past the small
+    fused path: forward and backward against the float64 reference."""
+    x = rng.normal(-2.0, 3.0, size=(301, channels)).astype(dtype)
+    dy = rng.normal(size=x.shape).astype(dtype)
+    y, cache = F.batch_norm_train(x)
+    dx, dgamma, dbeta = F.batch_norm_backward(dy, cache)
+    want_y, _, _ = R.forward_train(x, [1], 1e-3)
+    want_dx, want_dgamma, want_dbeta = R.backward_train(dy, x, [1], 1e-3)
+    assert_close(y, want_y, scale=4)
+    assert_close(dx, want_dx, scale=4)
+    assert_close(dgamma, want_dgamma.ravel(), dtype=np.float32, scale=4)
+    assert_close(dbeta, want_dbeta.ravel(), dtype=np.float32, scale=4)
